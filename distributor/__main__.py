@@ -1,0 +1,5 @@
+"""``python -m distributor``: the same as the ``distributor`` command."""
+
+from distributor.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Channel adapters: where messages go. See base.Channel for the contract."""

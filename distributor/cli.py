@@ -1,0 +1,485 @@
+"""The ``distributor`` command. Thin: parse, call the pipeline or the store, print.
+
+Exit 0: done. Exit 1: ran, but something failed. Exit 2: bad usage or bad configuration, with
+the file, line and key at fault on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+from zoneinfo import ZoneInfo
+
+import click
+
+from distributor import scheduling, starter
+from distributor.config import Config, load_config
+from distributor.exceptions import ConfigError, DistributorError, StoreError
+from distributor.pipeline import IngestReport, Pipeline, RunReport
+from distributor.store import Store
+from distributor.subscribers import check_address, import_csv, write_csv
+
+log = logging.getLogger("distributor")
+
+
+class State:
+    def __init__(self, config_path: str | None) -> None:
+        self.config_path = config_path
+
+    def config(self) -> Config:
+        try:
+            return load_config(self.config_path, os.environ)
+        except ConfigError as exc:
+            _config_exit(exc)
+
+    @contextmanager
+    def pipeline(self) -> Iterator[Pipeline]:
+        config = self.config()
+        store = _open_store(config)
+        pipeline = Pipeline(config, store, env=os.environ)
+        try:
+            yield pipeline
+        finally:
+            pipeline.close()
+            store.close()
+
+
+def _config_exit(exc: ConfigError) -> NoReturn:
+    count = len(exc.problems)
+    for problem in exc.problems:
+        click.echo(f"error: {problem}", err=True)
+    click.echo(f"{count} problem{'s' if count != 1 else ''} found", err=True)
+    sys.exit(2)
+
+
+def _open_store(config: Config, *, migrate_now: bool | None = None) -> Store:
+    try:
+        return Store.open(config.database_url, migrate_now=migrate_now)
+    except StoreError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
+def _dump(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="distributor.yaml (default: $DISTRIBUTOR_CONFIG, else ./distributor.yaml).",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Log what happens, step by step.")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
+    """Pick a news site's breaking and most-read articles and deliver digests and posts."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    ctx.obj = State(config_path)
+
+
+# --- init / validate / schedules -----------------------------------------------------------
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+def init(directory: str) -> None:
+    """Write a working starter configuration, schedules and templates into DIRECTORY."""
+    try:
+        written = starter.write(Path(directory))
+    except FileExistsError as exc:
+        raise click.UsageError(f"{exc.filename} exists already; choose an empty folder") from exc
+    for path in written:
+        click.echo(f"wrote {path}")
+    click.echo(f"next: cd {directory} && distributor validate && distributor preview daily-digest")
+
+
+@cli.command()
+@click.pass_obj
+def validate(state: State) -> None:
+    """Check configuration, schedules and templates; print every problem, not only the first."""
+    config = state.config()
+    click.echo(
+        f"{config.path}: ok ({len(config.schedules)} schedules, {len(config.channels)} channels, "
+        f"{len(config.sources)} sources)"
+    )
+
+
+@cli.command()
+@click.option("--count", default=3, show_default=True, help="Fire times to show per schedule.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def schedules(state: State, count: int, as_json: bool) -> None:
+    """Each schedule with its next fire times, in its own timezone."""
+    config = state.config()
+    now = datetime.now(UTC)
+    rows = [
+        {
+            "schedule": s.key,
+            "timezone": s.trigger.timezone,
+            "trigger": s.trigger.cron or f"every {s.trigger.model_dump(mode='json')['interval']}",
+            "next": [t.isoformat() for t in scheduling.next_fire_times(s, now, count)],
+        }
+        for s in config.schedules
+    ]
+    if as_json:
+        _dump(rows)
+        return
+    for row in rows:
+        click.echo(f"{row['schedule']}  ({row['trigger']}, {row['timezone']})")
+        for fire in row["next"]:
+            click.echo(f"    {datetime.fromisoformat(fire):%a %Y-%m-%d %H:%M %Z}")
+
+
+# --- ingest / preview / run-once ------------------------------------------------------------
+
+
+def _print_ingest(report: IngestReport) -> None:
+    for source in report.sources:
+        if source.error:
+            click.echo(f"  {source.name}: FAILED: {source.error}", err=True)
+        elif source.not_modified:
+            click.echo(f"  {source.name}: not modified")
+        else:
+            click.echo(
+                f"  {source.name}: {source.new} new, {source.changed} changed, "
+                f"{source.unchanged} unchanged"
+            )
+
+
+@cli.command()
+@click.pass_obj
+def ingest(state: State) -> None:
+    """Read every source now and store new and changed articles."""
+    with state.pipeline() as pipeline:
+        report = pipeline.ingest()
+    click.echo("ingest:")
+    _print_ingest(report)
+    sys.exit(1 if report.failed else 0)
+
+
+def _fire_time(config: Config, name: str, at: str | None) -> tuple[Any, datetime]:
+    try:
+        schedule = config.schedule(name)
+    except ConfigError as exc:
+        _config_exit(exc)
+    if at is None:
+        return schedule, scheduling.latest_fire_time(schedule, datetime.now(UTC))
+    try:
+        moment = datetime.fromisoformat(at)
+    except ValueError as exc:
+        raise click.BadParameter(f"{at!r} is not an ISO date and time", param_hint="--at") from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=ZoneInfo(schedule.trigger.timezone))
+    return schedule, moment
+
+
+@cli.command()
+@click.argument("schedule_name", metavar="SCHEDULE")
+@click.option("--out", type=click.Path(file_okay=False), help="Folder for the files.")
+@click.pass_obj
+def preview(state: State, schedule_name: str, out: str | None) -> None:
+    """Render the edition that would go out now; send nothing, print where the files are."""
+    with state.pipeline() as pipeline:
+        schedule, _ = _fire_time(pipeline.config, schedule_name, None)
+        edition = pipeline.select(schedule, datetime.now(UTC).replace(microsecond=0))
+        try:
+            path = pipeline.write_preview(schedule, edition, folder=Path(out) if out else None)
+        except DistributorError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+    for section in edition.sections:
+        click.echo(f"{section.title}: {len(section.articles)} article(s)")
+        for article in section.articles:
+            click.echo(f"  - {article.title}")
+    if edition.skip_reason:
+        click.echo(f"note: this edition would be skipped: {edition.skip_reason}")
+    click.echo(f"preview: {path}")
+    click.echo(f"all files: {path.parent}")
+
+
+def _print_run(report: RunReport) -> None:
+    zone_time = report.fire_time.isoformat()
+    label = "dry run" if report.dry_run else report.state
+    if report.already:
+        label += " (this edition ran before; nothing sent again)"
+    click.echo(f"{report.schedule} @ {zone_time}: {label}")
+    if report.reason:
+        click.echo(f"  reason: {report.reason}")
+    for title, articles in report.sections:
+        click.echo(f"  {title}: {len(articles)} article(s)")
+        for article in articles:
+            click.echo(f"    - {article}")
+    for target in report.targets:
+        what = "email(s)" if target.kind == "email" else "post(s)"
+        where = f" -> {target.folder}" if target.folder else ""
+        extra = f", {target.failed} failed" if target.failed else ""
+        extra += f", {target.skipped} already done" if target.skipped else ""
+        click.echo(f"  {target.channel}: {target.sent} {what}{extra}{where}")
+        for error in target.errors[:5]:
+            click.echo(f"    failed: {error}", err=True)
+    if report.preview:
+        click.echo(f"  preview: {report.preview}")
+
+
+@cli.command("run-once")
+@click.argument("schedule_name", metavar="SCHEDULE")
+@click.option("--dry-run", is_flag=True, help="Render and record what would be sent; send nothing.")
+@click.option("--at", help="The nominal fire time (ISO); default: the schedule's latest.")
+@click.option("--no-ingest", is_flag=True, help="Use the stored articles; do not read sources.")
+@click.pass_obj
+def run_once(
+    state: State, schedule_name: str, dry_run: bool, at: str | None, no_ingest: bool
+) -> None:
+    """Run one schedule now, end to end."""
+    with state.pipeline() as pipeline:
+        schedule, fire_time = _fire_time(pipeline.config, schedule_name, at)
+        ingest_failed = False
+        if not no_ingest:
+            ingest_report = pipeline.ingest()
+            ingest_failed = ingest_report.failed
+            if ingest_failed:
+                _print_ingest(ingest_report)
+        report = pipeline.run(schedule, fire_time, dry_run=dry_run)
+    _print_run(report)
+    sys.exit(1 if report.failed or ingest_failed else 0)
+
+
+# --- run (the daemon) ------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--now", "run_now", is_flag=True, help="Run every schedule once at start.")
+@click.option("--once", is_flag=True, help="Run every schedule once, then exit.")
+@click.pass_obj
+def run(state: State, run_now: bool, once: bool) -> None:
+    """The daemon: read sources and run each schedule at its fire times, until stopped."""
+    config = state.config()
+    store = _open_store(config)
+    pipeline = Pipeline(config, store, env=os.environ)
+    lock = threading.Lock()
+    failed = False
+
+    def fire(schedule: Any, fire_time: datetime) -> None:
+        nonlocal failed
+        with lock:  # one pipeline run at a time in the embedded mode
+            ingest_report = pipeline.ingest()
+            if ingest_report.failed:
+                _print_ingest(ingest_report)
+                failed = True
+            report = pipeline.run(schedule, fire_time)
+            failed = failed or report.failed
+            _print_run(report)
+
+    try:
+        if run_now or once:
+            click.echo("ingest:")
+            ingest_report = pipeline.ingest()
+            _print_ingest(ingest_report)
+            failed = ingest_report.failed
+            now = datetime.now(UTC)
+            for schedule in config.schedules:
+                report = pipeline.run(schedule, scheduling.latest_fire_time(schedule, now))
+                failed = failed or report.failed
+                _print_run(report)
+        if once:
+            sys.exit(1 if failed else 0)
+        _serve(config, fire)
+    finally:
+        pipeline.close()
+        store.close()
+
+
+def _serve(config: Config, fire: Callable[[Any, datetime], None]) -> None:
+    scheduler = scheduling.Scheduler(config.schedules, fire)
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: Any) -> None:
+        click.echo(f"stopping ({signal.Signals(signum).name}); finishing what is in flight")
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    now = datetime.now(UTC)
+    click.echo("scheduler running; Ctrl-C to stop. Next runs:")
+    for schedule in config.schedules:
+        for upcoming in scheduling.next_fire_times(schedule, now, 1):
+            click.echo(f"  {schedule.key}: {upcoming:%a %Y-%m-%d %H:%M %Z}")
+    scheduler.run_until(stop)
+
+
+# --- deliveries ------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--schedule", help="Only this schedule.")
+@click.option("--channel", help="Only this channel.")
+@click.option(
+    "--status",
+    type=click.Choice(["pending", "sending", "sent", "failed", "unknown", "dry-run"]),
+    help="Only this status.",
+)
+@click.option("--limit", default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def deliveries(
+    state: State,
+    schedule: str | None,
+    channel: str | None,
+    status: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """What was sent where, when, with what result."""
+    config = state.config()
+    store = _open_store(config)
+    try:
+        rows = store.deliveries(schedule=schedule, channel=channel, status=status, limit=limit)
+    finally:
+        store.close()
+    if as_json:
+        _dump([row.as_json() for row in rows])
+        return
+    if not rows:
+        click.echo("no deliveries match")
+        return
+    for row in rows:
+        when = (row.sent_at or row.updated_at).strftime("%Y-%m-%d %H:%M:%S")
+        reason = f"  [{row.error_class}] {row.last_error}" if row.last_error else ""
+        click.echo(
+            f"{when}  {row.status:<8} {row.schedule:<16} {row.channel:<14} "
+            f"{row.recipient:<30} {row.message_key[:40]}{reason}"
+        )
+
+
+# --- db --------------------------------------------------------------------------------------
+
+
+@cli.group()
+def db() -> None:
+    """The database."""
+
+
+@db.command("upgrade")
+@click.pass_obj
+def db_upgrade(state: State) -> None:
+    """Apply database migrations."""
+    config = state.config()
+    store = _open_store(config, migrate_now=True)
+    store.close()
+    click.echo(f"database is up to date ({config.database_url.split('@')[-1]})")
+
+
+# --- subscribers -----------------------------------------------------------------------------
+
+
+@cli.group()
+def subscribers() -> None:
+    """Subscriber lists (CSV columns: email, name, lists, topics, timezone)."""
+
+
+@subscribers.command("import")
+@click.argument("csv_file", type=click.File("r", encoding="utf-8-sig"))
+@click.pass_obj
+def subscribers_import(state: State, csv_file: Any) -> None:
+    """Import FILE.csv: good rows are added or updated, bad ones reported with their line."""
+    config = state.config()
+    store = _open_store(config)
+    try:
+        report = import_csv(store, csv_file, source=f"import:{Path(csv_file.name).name}")
+    finally:
+        store.close()
+    click.echo(f"{report.added} added, {report.updated} updated, {len(report.bad)} bad")
+    for bad in report.bad:
+        click.echo(f"  {csv_file.name}:{bad.line}: {bad.reason}", err=True)
+    sys.exit(1 if report.bad else 0)
+
+
+@subscribers.command("export")
+@click.argument("csv_file", type=click.File("w", encoding="utf-8"), default="-")
+@click.pass_obj
+def subscribers_export(state: State, csv_file: Any) -> None:
+    """Write the active subscribers as CSV (to standard output by default)."""
+    config = state.config()
+    store = _open_store(config)
+    try:
+        write_csv(store.subscribers(status="active"), csv_file)
+    finally:
+        store.close()
+
+
+@subscribers.command("add")
+@click.argument("email")
+@click.option("--name")
+@click.option("--list", "lists", multiple=True, required=True, help="A list (repeatable).")
+@click.option("--topic", "topics", multiple=True, help="A topic (repeatable).")
+@click.option("--timezone")
+@click.pass_obj
+def subscribers_add(
+    state: State,
+    email: str,
+    name: str | None,
+    lists: Sequence[str],
+    topics: Sequence[str],
+    timezone: str | None,
+) -> None:
+    """Add (or update) one subscriber, confirmed by the operator."""
+    from distributor.subscribers import parse_row
+
+    try:
+        subscriber = parse_row(
+            {
+                "email": email,
+                "name": name,
+                "lists": ";".join(lists),
+                "topics": ";".join(topics),
+                "timezone": timezone,
+            }
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    config = state.config()
+    store = _open_store(config)
+    try:
+        outcome = store.upsert_subscriber(subscriber, consent_source="operator")
+    finally:
+        store.close()
+    click.echo(f"{outcome} {subscriber.email}")
+
+
+@subscribers.command("remove")
+@click.argument("email")
+@click.pass_obj
+def subscribers_remove(state: State, email: str) -> None:
+    """Unsubscribe an address: it is never mailed again by any schedule."""
+    try:
+        address = check_address(email)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    config = state.config()
+    store = _open_store(config)
+    try:
+        found = store.set_subscriber_status(address, "unsubscribed")
+    finally:
+        store.close()
+    if not found:
+        click.echo(f"no subscriber {address}", err=True)
+        sys.exit(1)
+    click.echo(f"unsubscribed {address}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    cli.main(args=list(argv) if argv is not None else None, prog_name="distributor")

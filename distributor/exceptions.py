@@ -1,0 +1,111 @@
+"""Every error distributor raises on purpose, in one tree.
+
+::
+
+    DistributorError
+    ├── ConfigError                 bad distributor.yaml / schedules/*.yaml (exit 2)
+    │   └── MissingSecretError      an ``*_env`` option names a variable that is not set
+    ├── SourceError                 a source could not be read (the run goes on; exit 1)
+    ├── TemplateError               a template failed to load or render (names template and line)
+    ├── StoreError                  the database refused or is out of date
+    └── DeliveryError               a channel could not deliver a message
+        ├── TransientDeliveryError  a passing failure: retry later (SMTP 4xx, HTTP 429/5xx, drops)
+        └── PermanentDeliveryError  retrying will not help (SMTP 5xx, HTTP 4xx, bad address)
+
+Library errors are converted at the edge of the module that calls the library, with
+``raise ... from exc``, so callers only ever need to catch this tree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class DistributorError(Exception):
+    """Root of every error that distributor raises on purpose."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Problem:
+    """One thing wrong in an operator's file: where it is and what is wrong."""
+
+    file: str
+    line: int | None
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        key = f" {self.key}:" if self.key else ""
+        return f"{where}:{key} {self.message}"
+
+
+class ConfigError(DistributorError):
+    """The configuration or a schedule is invalid; carries every problem found, not the first."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class MissingSecretError(ConfigError):
+    """An option names an environment variable that is not set."""
+
+    def __init__(self, variable: str, *, file: str, line: int | None, key: str) -> None:
+        self.variable = variable
+        super().__init__(
+            [
+                Problem(
+                    file=file,
+                    line=line,
+                    key=key,
+                    message=f"environment variable {variable} is not set (set it to the secret)",
+                )
+            ]
+        )
+
+
+class SourceError(DistributorError):
+    """A source could not be read. The message names the source and says why."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        self.source = source
+        self.reason = reason
+        super().__init__(f"source {source!r}: {reason}")
+
+
+class TemplateError(DistributorError):
+    """A template could not be loaded or rendered."""
+
+    def __init__(self, template: str, line: int | None, reason: str) -> None:
+        self.template = template
+        self.line = line
+        self.reason = reason
+        where = f"{template}:{line}" if line else template
+        super().__init__(f"template {where}: {reason}")
+
+
+class StoreError(DistributorError):
+    """The database could not do what was asked."""
+
+
+class DeliveryError(DistributorError):
+    """A channel could not deliver a message."""
+
+    transient: bool = False
+
+    def __init__(self, reason: str, *, retry_after: float | None = None) -> None:
+        self.reason = reason
+        self.retry_after = retry_after
+        super().__init__(reason)
+
+
+class TransientDeliveryError(DeliveryError):
+    """A passing failure: the engine retries it with backoff (honouring ``retry_after``)."""
+
+    transient = True
+
+
+class PermanentDeliveryError(DeliveryError):
+    """A failure that retrying will not fix; it is recorded with its reason and shown."""

@@ -1,0 +1,129 @@
+"""When schedules fire. The only module that imports APScheduler.
+
+Nominal fire times are deterministic: a cron schedule fires on its expression in its timezone,
+and an interval schedule on multiples of its interval counted from a fixed anchor, so every
+process, before and after a restart, names an edition by the same fire time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from distributor.config import Schedule, Trigger
+
+log = logging.getLogger(__name__)
+
+# Interval schedules count from here, so "every 5 minutes" means :00, :05, ... in any process.
+_ANCHOR = datetime(2000, 1, 1)
+
+
+def check_cron(expression: str, timezone: str) -> None:
+    """Raise ValueError with a readable reason if ``expression`` is not a valid crontab line."""
+    try:
+        CronTrigger.from_crontab(expression, timezone=ZoneInfo(timezone))
+    except (ValueError, KeyError) as exc:
+        raise ValueError(f"bad cron expression {expression!r}: {exc}") from None
+
+
+def build_trigger(trigger: Trigger) -> BaseTrigger:
+    zone = ZoneInfo(trigger.timezone)
+    if trigger.cron is not None:
+        return CronTrigger.from_crontab(trigger.cron, timezone=zone)
+    assert trigger.interval is not None
+    return IntervalTrigger(
+        seconds=int(trigger.interval.total_seconds()),
+        start_date=_ANCHOR.replace(tzinfo=zone),
+        timezone=zone,
+    )
+
+
+def next_fire_times(schedule: Schedule, now: datetime, count: int = 3) -> list[datetime]:
+    """The next ``count`` fire times after ``now``, in the schedule's own timezone."""
+    trigger = build_trigger(schedule.trigger)
+    times: list[datetime] = []
+    previous: datetime | None = None
+    current = now
+    while len(times) < count:
+        fire = trigger.get_next_fire_time(previous, current)
+        if fire is None:
+            break
+        times.append(fire)
+        previous, current = fire, fire + timedelta(microseconds=1)
+    return times
+
+
+def latest_fire_time(schedule: Schedule, now: datetime) -> datetime:
+    """The most recent nominal fire time at or before ``now`` (names the edition due now)."""
+    trigger = schedule.trigger
+    zone = ZoneInfo(trigger.timezone)
+    if trigger.interval is not None:
+        anchor = _ANCHOR.replace(tzinfo=zone)
+        steps = (now - anchor) // trigger.interval
+        return (anchor + steps * trigger.interval).astimezone(zone)
+    built = build_trigger(trigger)
+    for lookback in (
+        timedelta(hours=2),
+        timedelta(days=2),
+        timedelta(days=32),
+        timedelta(days=400),
+    ):
+        previous: datetime | None = None
+        current = now - lookback
+        latest: datetime | None = None
+        while (fire := built.get_next_fire_time(previous, current)) is not None and fire <= now:
+            latest, previous, current = fire, fire, fire + timedelta(microseconds=1)
+        if latest is not None:
+            return latest
+    # A cron that has not fired in a year (29 February only, say): name the edition by now.
+    return now.astimezone(zone).replace(microsecond=0)
+
+
+class Scheduler:
+    """Runs each schedule's callback at its fire times, one run of a schedule at a time."""
+
+    def __init__(
+        self,
+        schedules: Sequence[Schedule],
+        fire: Callable[[Schedule, datetime], None],
+    ) -> None:
+        self._fire = fire
+        self._scheduler = BackgroundScheduler(timezone=UTC)
+        for schedule in schedules:
+            self._scheduler.add_job(
+                self._run,
+                trigger=build_trigger(schedule.trigger),
+                args=[schedule],
+                id=schedule.key,
+                name=schedule.key,
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=60,
+            )
+
+    def _run(self, schedule: Schedule) -> None:
+        fire_time = latest_fire_time(schedule, datetime.now(UTC))
+        try:
+            self._fire(schedule, fire_time)
+        except Exception:
+            # A failing schedule must not stop the scheduler; the failure is logged with its cause.
+            log.exception("schedule %s failed at %s", schedule.key, fire_time.isoformat())
+
+    def next_runs(self) -> dict[str, datetime | None]:
+        return {job.id: job.next_run_time for job in self._scheduler.get_jobs()}
+
+    def run_until(self, stop: threading.Event) -> None:
+        """Start firing and block until ``stop`` is set; then finish in-flight runs and return."""
+        self._scheduler.start()
+        try:
+            stop.wait()
+        finally:
+            self._scheduler.shutdown(wait=True)

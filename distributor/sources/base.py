@@ -1,0 +1,98 @@
+"""The source interface: one required method, ``fetch``.
+
+A source reads the publisher's site and returns the articles it saw, as
+:class:`~distributor.models.Article` records holding plain text. It receives the state it left
+last time (an ETag, a Last-Modified date) so it can ask only for what changed, and returns the
+new state. It raises :class:`~distributor.exceptions.SourceError` when it cannot read the site;
+the pipeline records that and goes on with the other sources.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import httpx
+
+from distributor.models import Article, Secret
+from distributor.plugins import PluginOptions
+
+
+@dataclass(frozen=True, kw_only=True)
+class FetchState:
+    """What a source remembers between reads (for conditional GET)."""
+
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class FetchResult:
+    """What one read of a source gave."""
+
+    articles: tuple[Article, ...] = ()
+    state: FetchState = field(default_factory=FetchState)
+    not_modified: bool = False
+
+
+class Source(abc.ABC):
+    """Reads articles from one place on the publisher's site."""
+
+    class Options(PluginOptions):
+        """Options shared by every source."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        options: PluginOptions,
+        secrets: Mapping[str, Secret],
+        client: httpx.Client,
+    ) -> None:
+        self.name = name
+        self.options = options
+        self.secrets = secrets
+        self.client = client
+
+    @abc.abstractmethod
+    def fetch(self, state: FetchState) -> FetchResult:
+        """Read the source now; raise SourceError if it cannot be read."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Popularity:
+    """Views (and shares, when known) of one article URL over a window."""
+
+    url: str
+    views: int
+    shares: int | None = None
+
+
+class PopularitySource(abc.ABC):
+    """Reads how often the publisher's articles were read, over a window."""
+
+    class Options(PluginOptions):
+        """Options shared by every popularity source."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        options: PluginOptions,
+        secrets: Mapping[str, Secret],
+        client: httpx.Client,
+    ) -> None:
+        self.name = name
+        self.options = options
+        self.secrets = secrets
+        self.client = client
+
+    @property
+    @abc.abstractmethod
+    def window(self) -> str:
+        """The window the views are counted over, as written in config ("24h", "7d")."""
+
+    @abc.abstractmethod
+    def fetch(self) -> list[Popularity]:
+        """Read the views now; raise SourceError if they cannot be read."""

@@ -1,0 +1,1 @@
+"""Popularity providers: how often each article was read over a window."""

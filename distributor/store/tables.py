@@ -1,0 +1,175 @@
+"""The database tables. The unique constraints carry the guarantees of PRODUCT.md:
+
+- one edition per schedule and nominal fire time (``uq_editions_schedule_fire_time``);
+- one delivery per edition, channel, recipient (or account) and message
+  (``uq_deliveries_once``), so a retry, a restart or a second process cannot send twice.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores UTC, always hands back timezone-aware datetimes (SQLite keeps no zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value.isoformat()} cannot be stored")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+articles = Table(
+    "articles",
+    metadata,
+    Column("id", String(512), primary_key=True),
+    Column("url", Text, nullable=False),
+    Column("title", Text, nullable=False),
+    Column("source", String(200), nullable=False),
+    Column("breaking", Boolean, nullable=False, default=False),
+    Column("author", Text),
+    Column("fact_checker", Text),
+    Column("published", UTCDateTime),
+    Column("updated", UTCDateTime),
+    Column("summary", Text),
+    Column("image", Text),
+    Column("topics", JSON, nullable=False, default=list),
+    Column("study_journal", Text),
+    Column("study_url", Text),
+    Column("related", JSON, nullable=False, default=list),
+    Column("shares", Integer),
+    Column("content_hash", String(64), nullable=False),
+    Column("first_seen", UTCDateTime, nullable=False),
+    Column("last_seen", UTCDateTime, nullable=False),
+    Index("ix_articles_url", "url"),
+    Index("ix_articles_published", "published"),
+)
+
+article_views = Table(
+    "article_views",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "article_id", String(512), ForeignKey("articles.id", ondelete="CASCADE"), nullable=False
+    ),
+    Column("window", String(16), nullable=False),
+    Column("views", Integer, nullable=False),
+    Column("observed_at", UTCDateTime, nullable=False),
+    Index("ix_article_views_lookup", "article_id", "window", "observed_at"),
+)
+
+source_state = Table(
+    "source_state",
+    metadata,
+    Column("source", String(200), primary_key=True),
+    Column("etag", Text),
+    Column("last_modified", Text),
+    Column("last_fetched", UTCDateTime),
+    Column("last_error", Text),
+)
+
+editions = Table(
+    "editions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("schedule", String(200), nullable=False),
+    Column("fire_time", UTCDateTime, nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("reason", Text),
+    Column("dry_run", Boolean, nullable=False, default=False),
+    Column("sections", JSON, nullable=False, default=list),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("schedule", "fire_time", "dry_run"),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("edition_id", Integer, ForeignKey("editions.id", ondelete="CASCADE"), nullable=False),
+    Column("channel", String(200), nullable=False),
+    Column("recipient", String(320), nullable=False),
+    Column("message_key", String(512), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("error_class", String(20)),
+    Column("last_error", Text),
+    Column("remote_id", Text),
+    Column("article_ids", JSON, nullable=False, default=list),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("sent_at", UTCDateTime),
+    UniqueConstraint(
+        "edition_id", "channel", "recipient", "message_key", name="uq_deliveries_once"
+    ),
+    Index("ix_deliveries_status", "status"),
+    Index("ix_deliveries_channel", "channel"),
+)
+
+subscribers = Table(
+    "subscribers",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("email", String(320), nullable=False, unique=True),
+    Column("name", Text),
+    Column("topics", JSON, nullable=False, default=list),
+    Column("timezone", String(64)),
+    Column("status", String(20), nullable=False),
+    Column("consent_at", UTCDateTime),
+    Column("consent_source", Text),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+subscriber_lists = Table(
+    "subscriber_lists",
+    metadata,
+    Column(
+        "subscriber_id",
+        Integer,
+        ForeignKey("subscribers.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("list", String(200), primary_key=True),
+    Index("ix_subscriber_lists_list", "list"),
+)
