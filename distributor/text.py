@@ -62,6 +62,14 @@ class _TextExtractor(HTMLParser):
             self.parts.append(data)
 
 
+def one_line(value: str | None) -> str:
+    """``value`` with control characters (CR, LF, tabs) made spaces: safe in a header line."""
+    if not value:
+        return ""
+    value = "".join(ch if ch.isprintable() else " " for ch in value)
+    return _SPACE.sub(" ", value).strip()
+
+
 def plain_text(value: str | None) -> str:
     """``value`` as one line of plain text: no tags, no scripts, entities decoded."""
     if not value:
@@ -74,8 +82,7 @@ def plain_text(value: str | None) -> str:
     else:
         value = unescape(value)
     # Control characters (a newline in a title, say) never reach a subject line or a post.
-    value = "".join(ch if ch.isprintable() else " " for ch in value)
-    return _SPACE.sub(" ", value).strip()
+    return one_line(value)
 
 
 _TRACKING = ("utm_", "fbclid", "gclid", "mc_cid", "mc_eid", "igshid", "_hsenc", "_hsmi")

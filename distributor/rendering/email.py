@@ -22,9 +22,13 @@ import jinja2
 from distributor.exceptions import TemplateError
 from distributor.models import Message
 from distributor.rendering import email_template, render
-from distributor.text import plain_text
+from distributor.text import one_line
 
 log = logging.getLogger(__name__)
+
+# Fold only lines that RFC 5322 says must be folded (998): at 78, Python would turn a long
+# List-Unsubscribe URL into an encoded word that mail clients no longer recognise as a link.
+POLICY = SMTP.clone(max_line_length=998)
 
 PERSONAL_FIELDS = ("name", "email", "unsubscribe_url", "preferences_url")
 
@@ -56,7 +60,7 @@ class RenderedDigest:
         for field in PERSONAL_FIELDS:
             mark = placeholder(field)
             value = values.get(field, "")
-            subject = subject.replace(mark, plain_text(value))
+            subject = subject.replace(mark, one_line(value))
             body_html = body_html.replace(mark, html.escape(value, quote=True))
             body_text = body_text.replace(mark, value)
         return subject, body_html, body_text
@@ -90,13 +94,13 @@ def render_digest(
 ) -> RenderedDigest:
     """Render subject, HTML (inlined) and text of one edition variant."""
     context = {**context, "subscriber": _Personal()}
-    subject = plain_text(render(env, email_template(template, "subject"), context))
+    subject = one_line(render(env, email_template(template, "subject"), context))
     if not subject:
         raise TemplateError(email_template(template, "subject"), None, "the subject is empty")
     preheader_name = email_template(template, "preheader")
     preheader = ""
     if preheader_name in env.list_templates():
-        preheader = plain_text(render(env, preheader_name, context))
+        preheader = one_line(render(env, preheader_name, context))
     context = {**context, "subject": subject, "preheader": preheader}
     body_html = inline_css(render(env, email_template(template, "html"), context))
     body_text = render(env, email_template(template, "txt"), context).strip() + "\n"
@@ -112,13 +116,13 @@ def message_id(edition_id: int, recipient: str, domain: str) -> str:
 def to_mime(message: Message) -> EmailMessage:
     """A standards-clean message: text part first, HTML second, headers folded and encoded.
 
-    Every header value goes through :func:`plain_text`, which removes CR and LF, so nothing
+    Every header value goes through :func:`one_line`, which removes CR and LF, so nothing
     from an article or a subscriber can inject a header.
     """
-    mime = EmailMessage(policy=SMTP)
+    mime = EmailMessage(policy=POLICY)
     for name, value in message.headers.items():
-        mime[name] = plain_text(value)
-    mime["Subject"] = plain_text(message.subject)
+        mime[name] = one_line(value)
+    mime["Subject"] = one_line(message.subject)
     mime.set_content(message.text)
     if message.html is not None:
         mime.add_alternative(message.html, subtype="html")

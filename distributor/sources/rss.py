@@ -33,6 +33,11 @@ class RSSSource(Source):
         max_bytes: int = Field(default=20_000_000, gt=0, description="Larger answers are refused.")
         breaking_categories: list[str] = Field(default_factory=lambda: list(DEFAULT_CATEGORIES))
         breaking_markers: list[str] = Field(default_factory=lambda: list(DEFAULT_MARKERS))
+        auth_token_env: str | None = Field(
+            default=None,
+            description="The environment variable holding a bearer token, sent to the feed as "
+            "Authorization (for feeds behind a login).",
+        )
 
     options: Options
 
@@ -42,6 +47,8 @@ class RSSSource(Source):
             headers["If-None-Match"] = state.etag
         if state.last_modified:
             headers["If-Modified-Since"] = state.last_modified
+        if token := self.secrets.get("auth_token"):
+            headers["Authorization"] = f"Bearer {token.reveal()}"
         body = self._download(headers)
         if body is None:
             return FetchResult(state=state, not_modified=True)
@@ -121,7 +128,8 @@ class RSSSource(Source):
             breaking=breaking,
             author=plain_text(entry.get("author")) or None,
             published=_date(entry.get("published_parsed"), now),
-            updated=_date(entry.get("updated_parsed"), now),
+            # dict.get: feedparser's own get() falls back to the published date, with a warning.
+            updated=_date(dict.get(entry, "updated_parsed"), now),
             summary=plain_text(entry.get("summary")) or None,
             image=_image(entry),
             topics=topics,

@@ -192,10 +192,14 @@ class Store:
                 cursor.close()
 
         store = cls(engine)
-        if migrate_now if migrate_now is not None else engine.dialect.name == "sqlite":
-            store.upgrade()
-        else:
-            store.check_revision()
+        try:
+            if migrate_now if migrate_now is not None else engine.dialect.name == "sqlite":
+                store.upgrade()
+            else:
+                store.check_revision()
+        except BaseException:
+            engine.dispose()  # no pooled connection outlives a refused open
+            raise
         return store
 
     def upgrade(self) -> None:
@@ -257,7 +261,7 @@ class Store:
                 rows = conn.execute(
                     select(articles.c.url, articles.c.id).where(articles.c.url.in_(chunk))
                 )
-                found.update(dict(rows.tuples().all()))
+                found.update(dict(rows.all()))
         return found
 
     def record_views(
@@ -298,7 +302,7 @@ class Store:
             & (article_views.c.window == window),
         )
         with self.engine.connect() as conn:
-            return dict(conn.execute(query).tuples().all())
+            return dict(conn.execute(query).all())
 
     def recent_articles(self, since: datetime, *, views_window: str | None = None) -> list[Article]:
         """Articles published (or, without a date, first seen) since ``since``, with views."""

@@ -1,0 +1,44 @@
+"""Shared fixtures: the sample site on a free port and a copy of the repository's example."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sample.site import SampleSite, serve_in_thread
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def sample_site() -> Iterator[SampleSite]:
+    site = serve_in_thread(port=0)
+    try:
+        yield site
+    finally:
+        site.shutdown()
+        site.server_close()
+
+
+def copy_example(target: Path, base_url: str) -> Path:
+    """The repository's own example in ``target``, its URLs pointed at ``base_url``."""
+    for name in ("schedules", "templates"):
+        shutil.copytree(ROOT / name, target / name)
+    text = (ROOT / "distributor.yaml").read_text()
+    (target / "distributor.yaml").write_text(text.replace("http://127.0.0.1:8765", base_url))
+    return target / "distributor.yaml"
+
+
+@pytest.fixture
+def example(tmp_path: Path, sample_site: SampleSite) -> Path:
+    """distributor.yaml of a fresh copy of the example, reading the running sample site."""
+    return copy_example(tmp_path, sample_site.base_url)
+
+
+@pytest.fixture
+def env() -> dict[str, str]:
+    """The environment commands see: a signing key and nothing else."""
+    return {"DISTRIBUTOR_SECRET_KEY": "test-signing-key"}
