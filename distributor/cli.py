@@ -126,12 +126,13 @@ def schedules(state: State, count: int, as_json: bool) -> None:
     """Each schedule with its next fire times, in its own timezone."""
     config = state.config()
     now = datetime.now(UTC)
+    fires = {s.key: scheduling.next_fire_times(s, now, count) for s in config.schedules}
     rows = [
         {
             "schedule": s.key,
             "timezone": s.trigger.timezone,
             "trigger": s.trigger.cron or f"every {s.trigger.model_dump(mode='json')['interval']}",
-            "next": [t.isoformat() for t in scheduling.next_fire_times(s, now, count)],
+            "next": [t.isoformat() for t in fires[s.key]],
         }
         for s in config.schedules
     ]
@@ -140,8 +141,8 @@ def schedules(state: State, count: int, as_json: bool) -> None:
         return
     for row in rows:
         click.echo(f"{row['schedule']}  ({row['trigger']}, {row['timezone']})")
-        for fire in row["next"]:
-            click.echo(f"    {datetime.fromisoformat(fire):%a %Y-%m-%d %H:%M %Z}")
+        for fire in fires[row["schedule"]]:
+            click.echo(f"    {fire:%a %Y-%m-%d %H:%M %Z}")
 
 
 # --- ingest / preview / run-once ------------------------------------------------------------

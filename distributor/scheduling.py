@@ -49,6 +49,7 @@ def build_trigger(trigger: Trigger) -> BaseTrigger:
 def next_fire_times(schedule: Schedule, now: datetime, count: int = 3) -> list[datetime]:
     """The next ``count`` fire times after ``now``, in the schedule's own timezone."""
     trigger = build_trigger(schedule.trigger)
+    zone = ZoneInfo(schedule.trigger.timezone)
     times: list[datetime] = []
     previous: datetime | None = None
     current = now
@@ -56,7 +57,7 @@ def next_fire_times(schedule: Schedule, now: datetime, count: int = 3) -> list[d
         fire = trigger.get_next_fire_time(previous, current)
         if fire is None:
             break
-        times.append(fire)
+        times.append(fire.astimezone(zone))
         previous, current = fire, fire + timedelta(microseconds=1)
     return times
 

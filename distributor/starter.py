@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from importlib.resources import as_file, files
 from pathlib import Path
 
@@ -13,7 +14,12 @@ def write(directory: Path) -> list[Path]:
     written: list[Path] = []
     root = files("distributor").joinpath(STARTER)
     with as_file(root) as source:
-        sources = sorted(p for p in Path(source).rglob("*") if p.is_file())
+        sources = sorted(
+            Path(folder) / name
+            # The starter folder links to the repository's own example: follow the links.
+            for folder, _dirs, names in os.walk(source, followlinks=True)
+            for name in names
+        )
         targets = [directory / p.relative_to(source) for p in sources]
         for target in targets:
             if target.exists():

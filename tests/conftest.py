@@ -42,3 +42,18 @@ def example(tmp_path: Path, sample_site: SampleSite) -> Path:
 def env() -> dict[str, str]:
     """The environment commands see: a signing key and nothing else."""
     return {"DISTRIBUTOR_SECRET_KEY": "test-signing-key"}
+
+
+@pytest.fixture
+def subscribed_example(example: Path) -> Path:
+    """The example with the sample subscribers imported."""
+    from click.testing import CliRunner
+
+    from distributor.cli import cli
+
+    result = CliRunner().invoke(
+        cli,
+        ["--config", str(example), "subscribers", "import", str(ROOT / "sample/subscribers.csv")],
+    )
+    assert result.exit_code == 0, result.output
+    return example

@@ -90,19 +90,27 @@ def render(env: jinja2.Environment, names: str | list[str], context: dict[str, A
     try:
         return template.render(context)
     except jinja2.TemplateError as exc:
-        raise TemplateError(template.name or candidates[0], _template_line(exc), str(exc)) from exc
+        raise TemplateError(
+            template.name or candidates[0], _template_line(exc, template.filename), str(exc)
+        ) from exc
     except Exception as exc:  # a filter or a value raised: still the template's fault to report
         raise TemplateError(
-            template.name or candidates[0], _template_line(exc), f"{type(exc).__name__}: {exc}"
+            template.name or candidates[0],
+            _template_line(exc, template.filename),
+            f"{type(exc).__name__}: {exc}",
         ) from exc
 
 
-def _template_line(exc: BaseException) -> int | None:
-    # Jinja2 rewrites tracebacks so template frames carry the template's own line numbers.
+def _template_line(exc: BaseException, filename: str | None) -> int | None:
+    """The template line of a render-time error.
+
+    Jinja2 rewrites tracebacks so that template frames carry the template's file name and its
+    own line numbers; the innermost such frame is where the template failed.
+    """
     line = None
     tb = exc.__traceback__
     while tb is not None:
-        if tb.tb_frame.f_globals.get("__jinja_template__") is not None:
+        if filename and tb.tb_frame.f_code.co_filename == filename:
             line = tb.tb_lineno
         tb = tb.tb_next
     return line
