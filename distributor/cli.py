@@ -139,9 +139,9 @@ def schedules(state: State, count: int, as_json: bool) -> None:
     if as_json:
         _dump(rows)
         return
-    for row in rows:
+    for row, schedule in zip(rows, config.schedules, strict=True):
         click.echo(f"{row['schedule']}  ({row['trigger']}, {row['timezone']})")
-        for fire in fires[row["schedule"]]:
+        for fire in fires[schedule.key]:
             click.echo(f"    {fire:%a %Y-%m-%d %H:%M %Z}")
 
 
