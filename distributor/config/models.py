@@ -1,0 +1,269 @@
+"""The models of distributor.yaml and schedules/*.yaml, with the value types they use.
+
+The JSON Schemas in ``distributor/schemas/`` are generated from these models.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+# --- value types -------------------------------------------------------------------------------
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_duration(value: object) -> timedelta:
+    """``"90s"``, ``"30m"``, ``"24h"``, ``"7d"``, ``"2w"`` or a number of seconds."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30m, 24h or 7d")
+    if isinstance(value, int | float):
+        return timedelta(seconds=value)
+    if isinstance(value, str) and (match := _DURATION.match(value)):
+        return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    raise ValueError(f"{value!r} is not a duration; write it like 30m, 24h or 7d")
+
+
+def format_duration(value: timedelta) -> str:
+    seconds = int(value.total_seconds())
+    for suffix, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0 and seconds >= size:
+            return f"{seconds // size}{suffix}"
+    return f"{seconds}s"
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": r"^\s*\d+\s*[smhdw]\s*$"},
+                {"type": "number", "minimum": 0, "description": "A number of seconds."},
+            ],
+            "examples": ["30m", "24h", "7d"],
+        }
+    ),
+]
+
+
+def check_timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown timezone {value!r}; use an IANA name such as Asia/Bangkok or Europe/London"
+        ) from None
+    return value
+
+
+Timezone = Annotated[
+    str,
+    AfterValidator(check_timezone),
+    WithJsonSchema({"type": "string", "examples": ["Asia/Bangkok", "Europe/London", "UTC"]}),
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- distributor.yaml --------------------------------------------------------------------------
+
+
+class SiteSettings(_Model):
+    """The publisher: shown in every email footer and used for absolute links."""
+
+    name: str = Field(min_length=1)
+    url: str = Field(min_length=1, description="The site's home page.")
+    postal_address: str = Field(
+        default="", description="Required by anti-spam law in every email footer."
+    )
+    timezone: Timezone = "UTC"
+    email_from: str = Field(
+        default="newsletter@example.org", description="The From address of digests."
+    )
+
+
+class PluginConfig(BaseModel):
+    """A channel, source or popularity provider: a ``type`` and that type's options."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    type: str = Field(min_length=1)
+
+    @property
+    def raw_options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class WebSettings(_Model):
+    secret_key_env: str = Field(
+        default="DISTRIBUTOR_SECRET_KEY",
+        description="The variable holding the key that signs links (unsubscribe, preferences).",
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    public_url: str | None = Field(
+        default=None, description="How readers reach the web app (links in emails)."
+    )
+
+
+class Settings(_Model):
+    """distributor.yaml: the site, where articles come from and where editions go."""
+
+    version: Literal[1]
+    site: SiteSettings
+    database: str = Field(
+        default="sqlite:///var/distributor.db",
+        description="A SQLAlchemy URL. Relative SQLite paths are relative to this file.",
+    )
+    sources: dict[str, PluginConfig] = Field(
+        default_factory=dict,
+        description="Where articles come from, by name: a type and its options.",
+    )
+    popularity: dict[str, PluginConfig] = Field(
+        default_factory=dict, description="Where view counts come from, by name."
+    )
+    channels: dict[str, PluginConfig] = Field(
+        default_factory=dict,
+        description="Where editions go, by name (schedules refer to these names).",
+    )
+    web: WebSettings = Field(default_factory=WebSettings)
+    templates_dir: str = "templates"
+    schedules_dir: str = "schedules"
+    outputs_dir: str = Field(default="var", description="Where previews and local files go.")
+
+
+# --- schedules/*.yaml --------------------------------------------------------------------------
+
+
+class Trigger(_Model):
+    """When a schedule fires: a cron expression or an interval, in an IANA timezone."""
+
+    # The JSON Schema says "exactly one of cron and interval" too (a null one counts as absent).
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["cron"], "properties": {"cron": {"type": "string"}}},
+                {
+                    "required": ["interval"],
+                    "properties": {"interval": {"type": ["string", "number"]}},
+                },
+            ]
+        }
+    )
+
+    cron: str | None = Field(
+        default=None,
+        description="A crontab line: minute hour day month weekday.",
+        examples=["0 7 * * *"],
+    )
+    interval: Duration | None = None
+    timezone: Timezone = "UTC"
+
+    @field_validator("cron")
+    @classmethod
+    def _check_cron(cls, value: str | None) -> str | None:
+        # Checked on its own, so a bad expression is reported at trigger.cron even when the
+        # timezone is wrong too; whether a crontab line is valid does not depend on the zone.
+        if value is not None:
+            from distributor.scheduling import check_cron
+
+            check_cron(value, "UTC")
+        return value
+
+    @field_validator("interval")
+    @classmethod
+    def _check_interval(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value < timedelta(seconds=10):
+            raise ValueError("interval must be at least 10s")
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Trigger:
+        if (self.cron is None) == (self.interval is None):
+            raise ValueError("give exactly one of cron or interval")
+        return self
+
+
+SectionKind = Literal["breaking", "most_read", "latest"]
+
+
+class SectionSpec(_Model):
+    kind: SectionKind
+    title: str | None = None
+    window: Duration = timedelta(hours=24)
+    limit: int = Field(default=5, ge=1, le=100)
+
+
+class TopicFilter(_Model):
+    include: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+
+
+class Selection(_Model):
+    sections: list[SectionSpec] = Field(min_length=1)
+    topics: TopicFilter = Field(default_factory=TopicFilter)
+    fact_checked_only: bool = False
+    min_items: int = Field(default=1, ge=0, description="Fewer articles than this: skip.")
+    max_age: Duration | None = None
+
+
+class Audience(_Model):
+    list: str = Field(min_length=1, description="The subscriber list that receives it.")
+
+
+class Target(_Model):
+    """Where a schedule's edition goes."""
+
+    channel: str
+    template: str
+    per: Literal["edition", "article"] = Field(
+        default="edition", description="One message per edition, or one per article."
+    )
+    audience: Audience | None = None
+    only_new: bool = Field(
+        default=False, description="Leave out articles already sent on this channel."
+    )
+
+
+class Schedule(_Model):
+    """One file in schedules/: when it fires, what it selects and where it goes."""
+
+    version: Literal[1]
+    name: str | None = Field(default=None, description="Defaults to the file name.")
+    title: str | None = Field(
+        default=None, description='Shown to readers ("Daily digest"); defaults from the name.'
+    )
+    description: str = ""
+    trigger: Trigger
+    select: Selection
+    deliver: list[Target] = Field(min_length=1)
+
+    @property
+    def key(self) -> str:
+        assert self.name is not None  # set by the loader from the file name
+        return self.name
+
+    @property
+    def display_title(self) -> str:
+        return self.title or self.key.replace("-", " ").replace("_", " ").capitalize()
