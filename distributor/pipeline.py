@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import secrets
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -21,8 +20,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
-from typing import Any
-from zoneinfo import ZoneInfo
 
 import httpx
 
@@ -38,6 +35,7 @@ from distributor.exceptions import (
 )
 from distributor.models import Article, DeliveryStatus, Edition, Message, Section, Subscriber
 from distributor.rendering import environment
+from distributor.rendering.context import preview_index, template_context
 from distributor.rendering.email import RenderedDigest, message_id, render_digest
 from distributor.rendering.posts import counted_length, render_post
 from distributor.sources.base import PopularitySource, Source
@@ -244,47 +242,10 @@ class Pipeline:
 
     # --- rendering ---------------------------------------------------------------------------
 
-    def _zone(self, schedule: Schedule) -> ZoneInfo:
-        return ZoneInfo(schedule.trigger.timezone)
-
-    def _context(
-        self, schedule: Schedule, edition: Edition, *, campaign_source: str, medium: str
-    ) -> dict[str, Any]:
-        zone = self._zone(schedule)
-        site = self.config.settings.site
-
-        def view(article: Article) -> dict[str, Any]:
-            return article_view(
-                article, zone=zone, campaign=schedule.key, source=campaign_source, medium=medium
-            )
-
-        return {
-            "site": site.model_dump(),
-            "schedule": {
-                "name": schedule.key,
-                "title": schedule.display_title,
-                "description": schedule.description,
-            },
-            "edition": {
-                "schedule": schedule.key,
-                "fire_time": edition.fire_time.astimezone(zone),
-                "date_text": edition.fire_time.astimezone(zone).strftime("%A %-d %B %Y"),
-                "sections": [
-                    {
-                        "kind": s.kind,
-                        "title": s.title,
-                        "articles": [view(a) for a in s.articles],
-                    }
-                    for s in edition.sections
-                ],
-                "articles": [view(a) for a in edition.articles],
-            },
-            "campaign": schedule.key,
-            "view": view,
-        }
-
     def render_email(self, schedule: Schedule, edition: Edition, template: str) -> RenderedDigest:
-        context = self._context(schedule, edition, campaign_source="newsletter", medium="email")
+        context = template_context(
+            self.config.settings.site, schedule, edition, source="newsletter", medium="email"
+        )
         return render_digest(self.templates, template, context)
 
     def render_posts(
@@ -292,8 +253,12 @@ class Pipeline:
     ) -> list[Message]:
         """The posts of ``target``: one for the edition, or one per article."""
         platform = channel.platform_name
-        context = self._context(
-            schedule, edition, campaign_source=platform or channel.name, medium="social"
+        context = template_context(
+            self.config.settings.site,
+            schedule,
+            edition,
+            source=platform or channel.name,
+            medium="social",
         )
         ref = edition_ref(schedule.key, edition.fire_time)
         if target.per == "edition":
@@ -432,7 +397,7 @@ class Pipeline:
                 name = f"posts-{target.channel}.json"
                 (folder / name).write_text(json.dumps(data, indent=2, ensure_ascii=False), "utf-8")
                 entries.append((name, f"{len(posts)} post(s) for {target.channel}"))
-        (folder / "index.html").write_text(_preview_index(schedule, edition, entries), "utf-8")
+        (folder / "index.html").write_text(preview_index(schedule, edition, entries), "utf-8")
         return folder / (
             entries[0][0] if entries and entries[0][0].endswith(".html") else "index.html"
         )
@@ -669,60 +634,3 @@ def _without(edition: Edition, ids: set[str]) -> Edition:
 
 def edition_ref(schedule: str, fire_time: datetime) -> str:
     return f"{schedule}@{fire_time.astimezone(UTC).strftime('%Y%m%dT%H%M%SZ')}"
-
-
-_NOT_WORD = re.compile(r"[^0-9A-Za-z]+")
-
-
-def hashtag(topic: str) -> str:
-    """``Eye Health`` -> ``#EyeHealth``; ``COVID-19`` -> ``#COVID19``."""
-    words = [w for w in _NOT_WORD.split(topic) if w]
-    return "#" + "".join(w if w.isupper() or w[0].isupper() else w.capitalize() for w in words)
-
-
-def article_view(
-    article: Article, *, zone: ZoneInfo, campaign: str, source: str, medium: str
-) -> dict[str, Any]:
-    """What templates see of an article: plain values, links with UTM parameters."""
-    from distributor.rendering import with_utm
-
-    published = article.published.astimezone(zone) if article.published else None
-    return {
-        "id": article.id,
-        "url": article.url,
-        "link": with_utm(article.url, campaign, source, medium),
-        "title": article.title,
-        "breaking": article.breaking,
-        "author": article.author,
-        "fact_checker": article.fact_checker,
-        "published": published,
-        "published_text": published.strftime("%-d %b %Y, %H:%M") if published else None,
-        "summary": article.summary,
-        "image": article.image,
-        "topics": list(article.topics),
-        "hashtags": [hashtag(t) for t in article.topics if _NOT_WORD.sub("", t)],
-        "study": {"journal": article.study.journal, "url": article.study.url}
-        if article.study
-        else None,
-        "related": [{"title": r.title, "url": r.url} for r in article.related],
-        "views": article.views,
-        "shares": article.shares,
-    }
-
-
-def _preview_index(schedule: Schedule, edition: Edition, entries: list[tuple[str, str]]) -> str:
-    from html import escape
-
-    items = "\n".join(f'<li><a href="{escape(f)}">{escape(label)}</a></li>' for f, label in entries)
-    sections = "\n".join(
-        f"<h2>{escape(s.title)}</h2><ol>"
-        + "".join(f"<li>{escape(a.title)}</li>" for a in s.articles)
-        + "</ol>"
-        for s in edition.sections
-    )
-    return (
-        f"<!DOCTYPE html><html lang='en'><meta charset='utf-8'>"
-        f"<title>Preview: {escape(schedule.key)}</title>"
-        f"<h1>{escape(schedule.display_title)} — {escape(edition.fire_time.isoformat())}</h1>"
-        f"<ul>{items}</ul>{sections}</html>\n"
-    )

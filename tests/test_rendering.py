@@ -10,6 +10,7 @@ import pytest
 from distributor.exceptions import TemplateError
 from distributor.models import Message
 from distributor.rendering import environment, render, with_utm
+from distributor.rendering.context import hashtag
 from distributor.rendering.email import RenderedDigest, placeholder, to_mime
 from distributor.rendering.posts import counted_length, render_post, shorten
 
@@ -127,3 +128,11 @@ def test_operator_templates_override_the_built_in_ones(tmp_path: Path) -> None:
 def test_utm_parameters_are_added_once() -> None:
     url = with_utm("https://n.example/a?id=1&utm_source=keep", "daily", "newsletter", "email")
     assert url == "https://n.example/a?id=1&utm_source=keep&utm_medium=email&utm_campaign=daily"
+
+
+@pytest.mark.parametrize(
+    ("topic", "tag"),
+    [("COVID-19", "#COVID19"), ("Eye Health", "#EyeHealth"), ("long covid", "#LongCovid")],
+)
+def test_hashtags_from_topics(topic: str, tag: str) -> None:
+    assert hashtag(topic) == tag
