@@ -35,31 +35,72 @@ class _TextExtractor(HTMLParser):
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.parts: list[str] = []
+        self.found_markup = False
         self._skip = 0
+        self._dropped: set[str] = set()  # unknown tags dropped as markup: their end tags go too
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag in _DROP_CONTENT:
+            self.found_markup = True
             self._skip += 1
         elif tag in _BREAKS:
+            self.found_markup = True
             self.parts.append(" ")
-        elif tag not in _HTML_ELEMENTS:
+        elif tag in _HTML_ELEMENTS:
+            self.found_markup = True
+        elif _looks_like_markup(attrs):
+            self.found_markup = True
+            self._dropped.add(tag)
+        else:
             self.handle_data(self.get_starttag_text() or "")
 
     def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag not in _DROP_CONTENT:
             self.handle_starttag(tag, attrs)
+        else:
+            self.found_markup = True
 
     def handle_endtag(self, tag: str) -> None:
-        if tag in _DROP_CONTENT and self._skip:
-            self._skip -= 1
+        if tag in _DROP_CONTENT:
+            self.found_markup = True
+            self._skip = max(self._skip - 1, 0)
         elif tag in _BREAKS:
+            self.found_markup = True
             self.parts.append(" ")
-        elif tag not in _HTML_ELEMENTS:
+        elif tag in _HTML_ELEMENTS or tag in self._dropped:
+            self.found_markup = True
+        else:
             self.handle_data(f"</{tag}>")
 
     def handle_data(self, data: str) -> None:
         if not self._skip:
             self.parts.append(data)
+
+    def handle_comment(self, data: str) -> None:
+        self.found_markup = True
+
+    def handle_decl(self, decl: str) -> None:
+        self.found_markup = True
+
+    def handle_pi(self, data: str) -> None:
+        self.found_markup = True
+
+    def unknown_decl(self, data: str) -> None:
+        self.found_markup = True
+        if data.startswith("CDATA["):  # the text of a CDATA section is text
+            self.handle_data(data.removeprefix("CDATA["))
+
+
+def _looks_like_markup(attrs: list[tuple[str, str | None]]) -> bool:
+    """Whether a tag that is no HTML element still carries markup (``<x onerror=...>``)."""
+    return any(value is not None or name.startswith("on") for name, value in attrs)
+
+
+def _strip(value: str) -> tuple[str, bool]:
+    parser = _TextExtractor()
+    parser.feed(value)
+    parser.close()
+    return "".join(parser.parts), parser.found_markup
 
 
 def one_line(value: str | None) -> str:
@@ -70,17 +111,25 @@ def one_line(value: str | None) -> str:
     return _SPACE.sub(" ", value).strip()
 
 
+# Entities can spell markup ("&amp;lt;script&amp;gt;"); each level decoded is stripped again,
+# this many times at most. Deeper than that is no honest text: its angle brackets go.
+_MAX_DECODES = 4
+
+
 def plain_text(value: str | None) -> str:
     """``value`` as one line of plain text: no tags, no scripts, entities decoded."""
     if not value:
         return ""
-    if "<" in value:
-        parser = _TextExtractor()
-        parser.feed(value)
-        parser.close()
-        value = "".join(parser.parts)
+    value = _strip(value)[0] if "<" in value else unescape(value)
+    for _ in range(_MAX_DECODES):
+        if "<" not in value:
+            break
+        stripped, found = _strip(value)
+        if not found:
+            break
+        value = stripped
     else:
-        value = unescape(value)
+        value = value.replace("<", " ").replace(">", " ")
     # Control characters (a newline in a title, say) never reach a subject line or a post.
     return one_line(value)
 
@@ -94,6 +143,8 @@ def normalise_url(url: str) -> str:
     parts = urlsplit(url.strip())
     scheme = parts.scheme.lower()
     host = (parts.hostname or "").lower()
+    if ":" in host:  # an IPv6 address keeps its brackets
+        host = f"[{host}]"
     port = parts.port
     netloc = host if port is None or _DEFAULT_PORTS.get(scheme) == port else f"{host}:{port}"
     query = urlencode(

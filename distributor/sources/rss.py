@@ -6,6 +6,9 @@ Conditional GET (ETag and Last-Modified) makes an unchanged feed cost one 304 an
 from __future__ import annotations
 
 import calendar
+import re
+import time
+import xml.sax
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,6 +23,10 @@ from distributor.text import normalise_url, plain_text, safe_link
 
 DEFAULT_MARKERS = ("BREAKING!", "BREAKING:", "BREAKING NEWS:", "Breaking News:", "BREAKING NEWS")
 DEFAULT_CATEGORIES = ("Breaking News", "Breaking")
+# What an HTML page (a login wall, an error page, the home page) starts with.
+_HTML_START = re.compile(
+    rb"\s*(<\?xml[^>]*>\s*)?(<!--.*?-->\s*)*<(!doctype\s+html|html)\b", re.I | re.S
+)
 # A date further ahead than this is a mistake in the feed, not an article from the future.
 FUTURE_SLACK = timedelta(minutes=10)
 
@@ -69,18 +76,30 @@ class RSSSource(Source):
                     return None
                 if response.status_code >= 400:
                     raise SourceError(self.name, f"{url} answered HTTP {response.status_code}")
+                too_large = f"{url} sent more than {self.options.max_bytes} bytes"
+                declared = response.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > self.options.max_bytes:
+                    raise SourceError(self.name, too_large)  # refused before reading the body
+                # httpx's timeout bounds each read; this bounds the whole answer, so a server
+                # that trickles a byte at a time cannot hold the run.
+                deadline = time.monotonic() + self.options.timeout
                 chunks: list[bytes] = []
                 size = 0
                 for chunk in response.iter_bytes():
                     size += len(chunk)
                     if size > self.options.max_bytes:
+                        raise SourceError(self.name, too_large)
+                    if time.monotonic() > deadline:
                         raise SourceError(
-                            self.name, f"{url} sent more than {self.options.max_bytes} bytes"
+                            self.name, f"{url} timed out after {self.options.timeout:g} s"
                         )
                     chunks.append(chunk)
                 return b"".join(chunks), response.headers
         except httpx.TimeoutException as exc:
-            raise SourceError(self.name, f"{url} timed out ({exc.__class__.__name__})") from exc
+            raise SourceError(
+                self.name,
+                f"{url} timed out after {self.options.timeout:g} s ({exc.__class__.__name__})",
+            ) from exc
         except httpx.TooManyRedirects as exc:
             raise SourceError(self.name, f"{url} redirected too many times") from exc
         except httpx.HTTPError as exc:
@@ -91,8 +110,15 @@ class RSSSource(Source):
             raise SourceError(self.name, f"{self.options.url} answered with an empty body")
         parsed: Any = feedparser.parse(content)
         if not parsed.get("version"):
+            if _HTML_START.match(content):
+                raise SourceError(self.name, f"{self.options.url} is an HTML page, not a feed")
             reason = parsed.get("bozo_exception") or "no RSS or Atom root element"
             raise SourceError(self.name, f"{self.options.url} is not a feed: {reason}")
+        broken = parsed.get("bozo_exception")
+        if isinstance(broken, xml.sax.SAXException) and not parsed.entries:
+            # Tolerant parsing keeps the entries of a slightly broken feed; with none, the feed
+            # is broken (cut short, say), not empty.
+            raise SourceError(self.name, f"{self.options.url} is not well-formed XML: {broken}")
         now = datetime.now(UTC)
         articles = []
         for entry in parsed.entries:
@@ -102,15 +128,18 @@ class RSSSource(Source):
         return tuple(articles)
 
     def _article(self, entry: Any, now: datetime) -> Article | None:
-        link = safe_link(entry.get("link"))
         guid = (entry.get("id") or "").strip()
-        if not link and not guid:
+        # Only an http(s) link is a link (a javascript: one is refused); a permalink GUID will do.
+        link = safe_link(entry.get("link")) or safe_link(guid)
+        if not link:
             return None
         title = plain_text(entry.get("title"))
         breaking = False
         for marker in self.options.breaking_markers:
-            if title.upper().startswith(marker.upper()):
-                title = title[len(marker) :].lstrip(" :!-–—")
+            rest = title[len(marker) :]
+            cut_word = marker[-1:].isalnum() and rest[:1].isalnum()  # "BREAKING NEWSROOM"
+            if title[: len(marker)].casefold() == marker.casefold() and not cut_word:
+                title = rest.lstrip(" :!-–—")
                 breaking = True
                 break
         categories = [plain_text(tag.get("term")) for tag in entry.get("tags", [])]
@@ -121,8 +150,8 @@ class RSSSource(Source):
         if not title:
             return None
         return Article(
-            id=guid or normalise_url(link or ""),
-            url=link or guid,
+            id=guid or normalise_url(link),
+            url=link,
             title=title,
             source=self.name,
             breaking=breaking,

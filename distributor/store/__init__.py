@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
+    Connection,
     Engine,
     Row,
     create_engine,
@@ -42,6 +43,11 @@ from distributor.store.tables import (
 )
 
 __all__ = ["DeliveryRow", "EditionRow", "Store"]
+
+# How often a write that lost a race to another process (a unique constraint) is tried again.
+CONFLICT_RETRIES = 3
+
+T = TypeVar("T")
 
 
 def _now() -> datetime:
@@ -222,35 +228,52 @@ class Store:
     def close(self) -> None:
         self.engine.dispose()
 
+    def _write(self, what: str, work: Callable[[Connection], T]) -> T:
+        """Run ``work`` in a transaction; run it again if it lost a race to another writer.
+
+        The check-then-insert writes read first and insert what is missing. When another
+        process inserts the same row in between, the unique constraint refuses the second
+        insert; reading again in a fresh transaction then finds that row.
+        """
+        for _attempt in range(CONFLICT_RETRIES):
+            try:
+                with self.engine.begin() as conn:
+                    return work(conn)
+            except IntegrityError as exc:
+                conflict = exc
+        raise StoreError(f"cannot {what}: {conflict.orig}") from conflict
+
     # --- articles -----------------------------------------------------------------------------
 
     def upsert_article(self, article: Article, *, now: datetime | None = None) -> str:
         """Store ``article``; return ``"new"``, ``"changed"`` or ``"unchanged"``."""
-        now = now or _now()
+        moment = now or _now()
         values = _article_values(article)
-        with self.engine.begin() as conn:
+
+        def work(conn: Connection) -> str:
             current = conn.execute(
                 select(articles.c.content_hash).where(articles.c.id == article.id)
             ).scalar_one_or_none()
             if current is None:
-                try:
-                    conn.execute(
-                        insert(articles).values(
-                            id=article.id, first_seen=now, last_seen=now, **values
-                        )
+                conn.execute(
+                    insert(articles).values(
+                        id=article.id, first_seen=moment, last_seen=moment, **values
                     )
-                except IntegrityError:  # another process stored it a moment ago
-                    return "unchanged"
+                )
                 return "new"
             if current == values["content_hash"]:
                 conn.execute(
-                    update(articles).where(articles.c.id == article.id).values(last_seen=now)
+                    update(articles).where(articles.c.id == article.id).values(last_seen=moment)
                 )
                 return "unchanged"
             conn.execute(
-                update(articles).where(articles.c.id == article.id).values(last_seen=now, **values)
+                update(articles)
+                .where(articles.c.id == article.id)
+                .values(last_seen=moment, **values)
             )
             return "changed"
+
+        return self._write(f"store article {article.id!r}", work)
 
     def article_ids_by_url(self, urls: Iterable[str]) -> dict[str, str]:
         wanted = list(set(urls))
@@ -337,12 +360,15 @@ class Store:
         values: dict[str, Any] = {"last_fetched": _now(), "last_error": error}
         if state is not None:
             values.update(etag=state.etag, last_modified=state.last_modified)
-        with self.engine.begin() as conn:
+
+        def work(conn: Connection) -> None:
             done = conn.execute(
                 update(source_state).where(source_state.c.source == source).values(**values)
             )
             if done.rowcount == 0:
                 conn.execute(insert(source_state).values(source=source, **values))
+
+        self._write(f"save the state of source {source!r}", work)
 
     # --- editions -----------------------------------------------------------------------------
 
@@ -427,11 +453,12 @@ class Store:
         """Write the outbox rows of an edition (pending) before anything is sent.
 
         Rows already there (same edition, channel, recipient and message) are left alone, so
-        calling this again after a crash adds only what is missing. Returns how many were added.
+        calling this again after a crash, or from a second process at the same time, adds only
+        what is missing. Returns how many this call added.
         """
         now = _now()
-        added = 0
-        with self.engine.begin() as conn:
+
+        def work(conn: Connection) -> int:
             existing = {
                 (r.channel, r.recipient, r.message_key)
                 for r in conn.execute(
@@ -440,8 +467,12 @@ class Store:
                     ).where(deliveries.c.edition_id == edition_id)
                 )
             }
-            fresh = [
-                {
+            fresh: dict[tuple[str, str, str], dict[str, Any]] = {}
+            for row in rows:
+                key = (row["channel"], row["recipient"], row["message_key"])
+                if key in existing or key in fresh:
+                    continue
+                fresh[key] = {
                     "edition_id": edition_id,
                     "channel": row["channel"],
                     "recipient": row["recipient"],
@@ -452,13 +483,11 @@ class Store:
                     "created_at": now,
                     "updated_at": now,
                 }
-                for row in rows
-                if (row["channel"], row["recipient"], row["message_key"]) not in existing
-            ]
             if fresh:
-                conn.execute(insert(deliveries), fresh)
-                added = len(fresh)
-        return added
+                conn.execute(insert(deliveries), list(fresh.values()))
+            return len(fresh)
+
+        return self._write(f"add deliveries to edition {edition_id}", work)
 
     def deliveries_of(self, edition_id: int, *, status: str | None = None) -> list[DeliveryRow]:
         return self.deliveries(edition_id=edition_id, status=status, limit=None)
@@ -561,7 +590,8 @@ class Store:
             "status": subscriber.status,
             "updated_at": now,
         }
-        with self.engine.begin() as conn:
+
+        def work(conn: Connection) -> str:
             existing = conn.execute(
                 select(subscribers.c.id).where(subscribers.c.email == email)
             ).scalar_one_or_none()
@@ -595,7 +625,9 @@ class Store:
                         for name in set(subscriber.lists)
                     ],
                 )
-        return outcome
+            return outcome
+
+        return self._write(f"store subscriber {email!r}", work)
 
     def set_subscriber_status(self, email: str, status: str) -> bool:
         with self.engine.begin() as conn:

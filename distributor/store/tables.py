@@ -1,6 +1,7 @@
 """The database tables. The unique constraints carry the guarantees of PRODUCT.md:
 
-- one edition per schedule and nominal fire time (``uq_editions_schedule_fire_time``);
+- one edition per schedule and nominal fire time (``uq_editions_schedule_fire_time_dry_run``;
+  a dry run is a scratch record apart from the real edition);
 - one delivery per edition, channel, recipient (or account) and message
   (``uq_deliveries_once``), so a retry, a restart or a second process cannot send twice.
 """

@@ -6,7 +6,7 @@ skipped; an answer that is not JSON of that shape is an error that names the sou
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeGuard
 
 import httpx
 from pydantic import Field
@@ -32,14 +32,16 @@ class JSONPopularity(PopularitySource):
         try:
             response = self.client.get(url, timeout=self.options.timeout, follow_redirects=True)
         except httpx.TimeoutException as exc:
-            raise SourceError(self.name, f"{url} timed out") from exc
+            raise SourceError(
+                self.name, f"{url} timed out after {self.options.timeout:g} s"
+            ) from exc
         except httpx.HTTPError as exc:
             raise SourceError(self.name, f"cannot fetch {url}: {exc}") from exc
         if response.status_code >= 400:
             raise SourceError(self.name, f"{url} answered HTTP {response.status_code}")
         try:
             data: Any = response.json()
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
             raise SourceError(self.name, f"{url} did not answer with JSON") from exc
         items = data.get("items") if isinstance(data, dict) else data
         if not isinstance(items, list):
@@ -49,11 +51,14 @@ class JSONPopularity(PopularitySource):
             if not isinstance(item, dict):
                 continue
             link, views, shares = item.get("url"), item.get("views"), item.get("shares")
-            if not isinstance(link, str) or not isinstance(views, int) or not _count(views):
-                continue
-            out.append(Popularity(url=link, views=views, shares=shares if _count(shares) else None))
+            link = link.strip() if isinstance(link, str) else ""
+            if link and _count(views):
+                out.append(
+                    Popularity(url=link, views=views, shares=shares if _count(shares) else None)
+                )
         return out
 
 
-def _count(value: Any) -> bool:
+def _count(value: Any) -> TypeGuard[int]:
+    """A whole number of at least 0 (``True`` is no count, although Python says it is an int)."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0

@@ -1,0 +1,647 @@
+"""The RSS/Atom source against a real HTTP server on 127.0.0.1, through httpx; and text.py.
+
+No HTTP library is patched: each test sets the answers of a small stdlib server and reads them
+with the source's own client.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+
+from distributor.exceptions import SourceError
+from distributor.models import Article
+from distributor.sources.base import FetchResult, FetchState
+from distributor.sources.rss import RSSSource
+from distributor.text import normalise_url, plain_text, safe_link
+
+SOURCE = "medical-feed"
+CHUNK = 64 * 1024
+
+
+# --- a small local HTTP server ----------------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    """What the server answers on one path."""
+
+    status: int = 200
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    """Seconds before the status line."""
+    trickle: float = 0.0
+    """Seconds between bytes of the body (a slow server)."""
+    stream: int = 0
+    """Send this many bytes of filler in 64 KiB chunks instead of ``body``."""
+    content_length: bool = True
+
+
+Route = Reply | Callable[[dict[str, str]], Reply]
+
+
+class LocalServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.routes: dict[str, Route] = {}
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        self.streamed = 0
+        self.done = threading.Event()
+        self.stop = threading.Event()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}{path}"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: LocalServer
+
+    def do_GET(self) -> None:
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        self.server.requests.append((self.path, headers))
+        route = self.server.routes.get(self.path, Reply(status=404, body=b"not here"))
+        reply = route(headers) if callable(route) else route
+        try:
+            if reply.delay and self.server.stop.wait(reply.delay):
+                return
+            self.send_response(reply.status)
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            if reply.content_length and not reply.stream:
+                self.send_header("Content-Length", str(len(reply.body)))
+            self.end_headers()
+            if reply.stream:
+                filler = b"<!-- filler -->".ljust(CHUNK, b" ")
+                while self.server.streamed < reply.stream:
+                    self.wfile.write(filler)
+                    self.server.streamed += len(filler)
+            elif reply.trickle:
+                for byte in reply.body:
+                    if self.server.stop.wait(reply.trickle):
+                        return
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+            else:
+                self.wfile.write(reply.body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client hung up: that is what some tests want
+        finally:
+            self.server.done.set()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[LocalServer]:
+    local = LocalServer()
+    thread = threading.Thread(target=local.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    try:
+        yield local
+    finally:
+        local.stop.set()
+        local.shutdown()
+        local.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture
+def client() -> Iterator[httpx.Client]:
+    with httpx.Client() as http:
+        yield http
+
+
+def make_source(client: httpx.Client, url: str, **options: Any) -> RSSSource:
+    return RSSSource(
+        name=SOURCE, options=RSSSource.Options(url=url, **options), secrets={}, client=client
+    )
+
+
+def fetch(
+    server: LocalServer, client: httpx.Client, reply: Route, state: FetchState | None = None
+) -> FetchResult:
+    server.routes["/feed.xml"] = reply
+    return make_source(client, server.url("/feed.xml")).fetch(state or FetchState())
+
+
+# --- feeds ------------------------------------------------------------------------------------
+
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+RSS_DATE = format_datetime(NOW - timedelta(hours=2))
+
+
+def rss(*items: str) -> bytes:
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<rss version="2.0" xmlns:media="http://search.yahoo.com/mrss/"'
+        ' xmlns:dc="http://purl.org/dc/elements/1.1/">\n'
+        "<channel><title>Sample Medical News</title><link>https://news.example/</link>"
+        "<description>Health news</description>\n" + "\n".join(items) + "\n</channel></rss>"
+    ).encode()
+
+
+def item(
+    title: str = "A plain story",
+    *,
+    link: str | None = "https://news.example/plain",
+    guid: str | None = None,
+    extra: str = "",
+) -> str:
+    parts = [f"<title>{title}</title>"]
+    if link is not None:
+        parts.append(f"<link>{link}</link>")
+    if guid is not None:
+        parts.append(f'<guid isPermaLink="false">{guid}</guid>')
+    parts.append(f"<pubDate>{RSS_DATE}</pubDate>")
+    return "<item>" + "".join(parts) + extra + "</item>"
+
+
+GOOD_RSS = rss(
+    """<item>
+  <title>BREAKING! Trial of a new dengue vaccine halted early</title>
+  <link>https://news.example/dengue-trial?utm_source=rss</link>
+  <guid isPermaLink="false">urn:news:1</guid>
+  <pubDate>Mon, 02 Jun 2025 10:00:00 +0200</pubDate>
+  <category>Dengue</category>
+  <category>Breaking News</category>
+  <category>Vaccines</category>
+  <dc:creator>Dr Ann Lee</dc:creator>
+  <description>&lt;p&gt;The trial &lt;b&gt;stopped&lt;/b&gt; after 300.&lt;/p&gt;</description>
+  <enclosure url="https://news.example/img/dengue.jpg" type="image/jpeg" length="1234"/>
+</item>""",
+    """<item>
+  <title>Diabetes: what the new guideline changes</title>
+  <link>HTTPS://News.Example:443/diabetes-guideline/?utm_medium=social&amp;fbclid=abc&amp;p=2#top</link>
+  <pubDate>Sun, 01 Jun 2025 23:30:00 -0500</pubDate>
+  <category>Diabetes</category>
+  <category>Diabetes</category>
+  <media:content url="https://news.example/img/diabetes.png" medium="image"/>
+</item>""",
+    """<item>
+  <title>Eye drops recalled</title>
+  <link>https://news.example/eye-drops</link>
+  <guid>https://news.example/eye-drops</guid>
+  <pubDate>Sat, 31 May 2025 08:00:00 GMT</pubDate>
+  <enclosure url="https://news.example/audio/eye.mp3" type="audio/mpeg" length="1"/>
+</item>""",
+)
+
+GOOD_ATOM = b"""<?xml version="1.0" encoding="utf-8"?>
+<feed xmlns="http://www.w3.org/2005/Atom" xmlns:media="http://search.yahoo.com/mrss/">
+  <title>Sample Medical News</title>
+  <id>urn:sample:feed</id>
+  <updated>2025-06-02T09:30:00Z</updated>
+  <entry>
+    <title type="html">BREAKING: Heart study &amp;amp; &lt;em&gt;new&lt;/em&gt; data</title>
+    <link rel="alternate" href="https://news.example/heart-study"/>
+    <id>tag:news.example,2025:heart-study</id>
+    <published>2025-06-01T08:00:00+02:00</published>
+    <updated>2025-06-02T09:30:00Z</updated>
+    <author><name>Bo Chan</name></author>
+    <category term="Heart"/>
+    <category term="Breaking"/>
+    <summary type="html">&lt;p&gt;Lead of the &lt;i&gt;heart&lt;/i&gt; study.&lt;/p&gt;</summary>
+    <media:thumbnail url="https://news.example/img/heart.jpg"/>
+  </entry>
+  <entry>
+    <title>Cancer screening at 40</title>
+    <link href="https://News.Example/cancer-screening/?utm_campaign=x"/>
+    <published>2025-05-30T12:00:00Z</published>
+    <category term="Cancer"/>
+  </entry>
+</feed>
+"""
+
+
+def by_url(articles: tuple[Article, ...]) -> dict[str, Article]:
+    return {a.url: a for a in articles}
+
+
+# --- good feeds -------------------------------------------------------------------------------
+
+
+def test_good_rss_feed(server: LocalServer, client: httpx.Client) -> None:
+    result = fetch(server, client, Reply(body=GOOD_RSS, headers={"Content-Type": "text/xml"}))
+    assert result.not_modified is False
+    dengue, diabetes, eye = result.articles
+    assert dengue == Article(
+        id="urn:news:1",
+        url="https://news.example/dengue-trial?utm_source=rss",
+        title="Trial of a new dengue vaccine halted early",
+        source=SOURCE,
+        breaking=True,
+        author="Dr Ann Lee",
+        published=datetime(2025, 6, 2, 8, 0, tzinfo=UTC),
+        summary="The trial stopped after 300.",
+        image="https://news.example/img/dengue.jpg",
+        topics=("Dengue", "Vaccines"),
+    )
+    # Without a GUID the id is the normalised link.
+    assert diabetes.id == "https://news.example/diabetes-guideline?p=2"
+    assert diabetes.url.startswith("HTTPS://News.Example:443/diabetes-guideline/")
+    assert diabetes.breaking is False
+    assert diabetes.topics == ("Diabetes",)
+    assert diabetes.image == "https://news.example/img/diabetes.png"
+    assert diabetes.published == datetime(2025, 6, 2, 4, 30, tzinfo=UTC)
+    assert eye.id == "https://news.example/eye-drops"
+    assert eye.image is None  # an audio enclosure is no image
+    assert eye.topics == ()
+    assert eye.author is None
+    assert eye.summary is None
+    for article in result.articles:
+        assert article.published is not None
+        assert article.published.tzinfo == UTC
+
+
+def test_good_atom_feed(server: LocalServer, client: httpx.Client) -> None:
+    result = fetch(server, client, Reply(body=GOOD_ATOM))
+    heart, cancer = result.articles
+    assert heart == Article(
+        id="tag:news.example,2025:heart-study",
+        url="https://news.example/heart-study",
+        title="Heart study & new data",
+        source=SOURCE,
+        breaking=True,
+        author="Bo Chan",
+        published=datetime(2025, 6, 1, 6, 0, tzinfo=UTC),
+        updated=datetime(2025, 6, 2, 9, 30, tzinfo=UTC),
+        summary="Lead of the heart study.",
+        image="https://news.example/img/heart.jpg",
+        topics=("Heart",),
+    )
+    assert cancer.id == "https://news.example/cancer-screening"
+    assert cancer.topics == ("Cancer",)
+    assert cancer.breaking is False
+    assert cancer.updated is None
+
+
+@pytest.mark.parametrize(
+    ("title", "categories", "expected_title", "breaking", "topics"),
+    [
+        ("BREAKING! Trial halted", [], "Trial halted", True, ()),
+        ("BREAKING: Trial halted", [], "Trial halted", True, ()),
+        ("breaking: Trial halted", [], "Trial halted", True, ()),
+        ("BREAKING NEWS: Trial halted", [], "Trial halted", True, ()),
+        ("Breaking News: Trial halted", [], "Trial halted", True, ()),
+        ("BREAKING NEWS - Trial halted", [], "Trial halted", True, ()),
+        ("BREAKING NEWSROOM opens", [], "BREAKING NEWSROOM opens", False, ()),
+        ("Trial halted, BREAKING: more soon", [], "Trial halted, BREAKING: more soon", False, ()),
+        ("Trial halted", ["Breaking News"], "Trial halted", True, ()),
+        ("Trial halted", ["breaking"], "Trial halted", True, ()),
+        (
+            "Trial halted",
+            ["Cancer", "Breaking News", "Heart"],
+            "Trial halted",
+            True,
+            ("Cancer", "Heart"),
+        ),
+        ("Trial halted", ["Breaking Newsletter"], "Trial halted", False, ("Breaking Newsletter",)),
+        (
+            "Trial halted",
+            ["COVID-19", "Long COVID"],
+            "Trial halted",
+            False,
+            ("COVID-19", "Long COVID"),
+        ),
+    ],
+)
+def test_breaking_and_topics(
+    server: LocalServer,
+    client: httpx.Client,
+    title: str,
+    categories: list[str],
+    expected_title: str,
+    breaking: bool,
+    topics: tuple[str, ...],
+) -> None:
+    extra = "".join(f"<category>{c}</category>" for c in categories)
+    (found,) = fetch(server, client, Reply(body=rss(item(title, extra=extra)))).articles
+    assert (found.title, found.breaking, found.topics) == (expected_title, breaking, topics)
+
+
+def test_a_title_that_is_only_a_marker_is_dropped(
+    server: LocalServer, client: httpx.Client
+) -> None:
+    body = rss(item("BREAKING!", link="https://news.example/1"), item("Kept"))
+    assert [a.title for a in fetch(server, client, Reply(body=body)).articles] == ["Kept"]
+
+
+@pytest.mark.parametrize(
+    ("published", "expected"),
+    [
+        ("Mon, 02 Jun 2025 10:00:00 +0200", datetime(2025, 6, 2, 8, 0, tzinfo=UTC)),
+        ("Mon, 02 Jun 2025 10:00:00 GMT", datetime(2025, 6, 2, 10, 0, tzinfo=UTC)),
+        ("Mon, 02 Jun 2025 10:00:00 EST", datetime(2025, 6, 2, 15, 0, tzinfo=UTC)),
+        ("2025-06-02T10:00:00-03:00", datetime(2025, 6, 2, 13, 0, tzinfo=UTC)),
+        (format_datetime(NOW + timedelta(minutes=5)), NOW + timedelta(minutes=5)),  # clock skew
+        (format_datetime(NOW + timedelta(days=3)), None),  # the future: the date is dropped
+        ("Mon, 02 Jun 3025 10:00:00 GMT", None),
+        ("not a date", None),
+    ],
+)
+def test_published_is_aware_utc(
+    server: LocalServer, client: httpx.Client, published: str, expected: datetime | None
+) -> None:
+    body = rss(
+        "<item><title>Story</title><link>https://news.example/s</link>"
+        f"<pubDate>{published}</pubDate></item>"
+    )
+    (found,) = fetch(server, client, Reply(body=body)).articles
+    assert found.published == expected
+    if found.published is not None:
+        assert found.published.tzinfo == UTC
+
+
+# --- conditional GET --------------------------------------------------------------------------
+
+
+def test_conditional_get(server: LocalServer, client: httpx.Client) -> None:
+    etag = '"feed-v1"'
+    last_modified = "Mon, 02 Jun 2025 10:00:00 GMT"
+
+    def answer(headers: dict[str, str]) -> Reply:
+        if headers.get("if-none-match") == etag:
+            return Reply(status=304, headers={"ETag": etag}, content_length=False)
+        return Reply(body=GOOD_RSS, headers={"ETag": etag, "Last-Modified": last_modified})
+
+    source = make_source(client, server.url("/feed.xml"))
+    server.routes["/feed.xml"] = answer
+    first = source.fetch(FetchState())
+    assert len(first.articles) == 3
+    assert first.state == FetchState(etag=etag, last_modified=last_modified)
+    assert "if-none-match" not in server.requests[0][1]
+    assert "if-modified-since" not in server.requests[0][1]
+
+    second = source.fetch(first.state)
+    assert second.not_modified is True
+    assert second.articles == ()
+    assert second.state == first.state
+    sent = server.requests[1][1]
+    assert sent["if-none-match"] == etag
+    assert sent["if-modified-since"] == last_modified
+    assert "application/rss+xml" in sent["accept"]
+
+
+def test_conditional_get_by_date_only(server: LocalServer, client: httpx.Client) -> None:
+    def answer(headers: dict[str, str]) -> Reply:
+        if "if-modified-since" in headers:
+            return Reply(status=304, content_length=False)
+        return Reply(body=GOOD_RSS, headers={"Last-Modified": "Mon, 02 Jun 2025 10:00:00 GMT"})
+
+    first = fetch(server, client, answer)
+    assert first.state == FetchState(last_modified="Mon, 02 Jun 2025 10:00:00 GMT")
+    second = fetch(server, client, answer, first.state)
+    assert (second.not_modified, second.articles) == (True, ())
+    assert "if-none-match" not in server.requests[1][1]
+
+
+# --- bad answers ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason"),
+    [
+        pytest.param(Reply(body=b"this is not XML { at all"), "is not a feed", id="not-xml"),
+        pytest.param(
+            Reply(
+                body=b"<!doctype html><html><head><title>Home</title></head>"
+                b"<body><h1>Welcome</h1><p>News</p></body></html>",
+                headers={"Content-Type": "text/html"},
+            ),
+            "is an HTML page, not a feed",
+            id="html-page",
+        ),
+        pytest.param(Reply(body=b""), "answered with an empty body", id="empty"),
+        pytest.param(Reply(body=b" \n\t "), "answered with an empty body", id="blank"),
+        pytest.param(
+            Reply(body=b'<?xml version="1.0"?><rss version="2.0"><channel><title>Cut sh'),
+            "is not well-formed XML",
+            id="cut-short",
+        ),
+        pytest.param(Reply(status=404, body=b"gone"), "answered HTTP 404", id="404"),
+        pytest.param(Reply(status=500, body=b"oops"), "answered HTTP 500", id="500"),
+        pytest.param(Reply(status=503, body=GOOD_RSS), "answered HTTP 503", id="503-with-feed"),
+        pytest.param(Reply(delay=3, body=GOOD_RSS), r"timed out after 0.3 s", id="slow-answer"),
+        pytest.param(
+            Reply(trickle=0.05, body=GOOD_RSS), r"timed out after 0.3 s", id="trickled-body"
+        ),
+    ],
+)
+def test_bad_answers_are_source_errors(
+    server: LocalServer, client: httpx.Client, reply: Reply, reason: str
+) -> None:
+    server.routes["/feed.xml"] = reply
+    url = server.url("/feed.xml")
+    source = make_source(client, url, timeout=0.3)
+    started = time.monotonic()
+    with pytest.raises(SourceError, match=reason) as caught:
+        source.fetch(FetchState())
+    assert time.monotonic() - started < 2
+    assert caught.value.source == SOURCE
+    assert str(caught.value).startswith(f"source {SOURCE!r}: {url}")
+
+
+def test_a_redirect_loop_is_a_source_error(server: LocalServer, client: httpx.Client) -> None:
+    server.routes["/feed.xml"] = Reply(status=302, headers={"Location": "/loop"})
+    server.routes["/loop"] = Reply(status=301, headers={"Location": "/feed.xml"})
+    url = server.url("/feed.xml")
+    with pytest.raises(SourceError, match="redirected too many times") as caught:
+        make_source(client, url).fetch(FetchState())
+    assert str(caught.value) == f"source {SOURCE!r}: {url} redirected too many times"
+    assert len(server.requests) > 10
+
+
+def test_a_redirect_is_followed(server: LocalServer, client: httpx.Client) -> None:
+    server.routes["/old.xml"] = Reply(status=301, headers={"Location": "/feed.xml"})
+    server.routes["/feed.xml"] = Reply(body=GOOD_RSS)
+    result = make_source(client, server.url("/old.xml")).fetch(FetchState())
+    assert len(result.articles) == 3
+
+
+def test_nobody_listening_is_a_source_error(client: httpx.Client) -> None:
+    with LocalServer() as closed:
+        url = closed.url("/feed.xml")  # bound, then closed: nothing listens there
+    with pytest.raises(SourceError, match=r"cannot fetch http://127\.0\.0\.1:\d+/feed\.xml"):
+        make_source(client, url, timeout=2).fetch(FetchState())
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "no-length"])
+def test_an_answer_larger_than_max_bytes_stops_the_download(
+    server: LocalServer, client: httpx.Client, declared: bool
+) -> None:
+    total = 256 * 1024 * 1024
+    headers = {"Content-Length": str(total)} if declared else {}
+    server.routes["/feed.xml"] = Reply(stream=total, headers=headers)
+    url = server.url("/feed.xml")
+    with pytest.raises(SourceError, match="sent more than 100000 bytes") as caught:
+        make_source(client, url, max_bytes=100_000).fetch(FetchState())
+    assert str(caught.value) == f"source {SOURCE!r}: {url} sent more than 100000 bytes"
+    assert server.done.wait(5), "the server was still sending: the download did not stop"
+    # What was sent is the part read plus what the sockets buffer, far short of everything.
+    assert server.streamed < 32 * 1024 * 1024
+
+
+def test_max_bytes_allows_a_feed_of_that_size(server: LocalServer, client: httpx.Client) -> None:
+    server.routes["/feed.xml"] = Reply(body=GOOD_RSS)
+    source = make_source(client, server.url("/feed.xml"), max_bytes=len(GOOD_RSS))
+    assert len(source.fetch(FetchState()).articles) == 3
+
+
+# --- hostile content --------------------------------------------------------------------------
+
+
+HOSTILE = rss(
+    item("&lt;script&gt;alert(1)&lt;/script&gt;Headline one", link="https://news.example/1"),
+    item("<![CDATA[<img src=x onerror=alert(1)>Headline two]]>", link="https://news.example/2"),
+    item(
+        "&amp;lt;b&amp;gt;Headline three&amp;lt;/b&amp;gt;",
+        link="https://news.example/3",
+        extra='<description><![CDATA[<p onclick="steal()">Lead <script>alert(1)</script>'
+        '<a href="javascript:alert(1)">click</a><img src=x onerror=alert(1)></p>]]>'
+        "</description>",
+    ),
+    item(
+        "Headline four &amp;amp;lt;script&amp;amp;gt;",
+        link="https://news.example/4",
+        extra="<description>&amp;lt;img src=x onerror=alert(1)&amp;gt;Lead four</description>",
+    ),
+    item("<![CDATA[Five <x onmouseover=alert(1)>hover</x>]]>", link="https://news.example/5"),
+    item("JavaScript link, opaque guid", link="javascript:alert(1)", guid="urn:news:6"),
+    item("JavaScript link and guid", link="javascript:alert(1)", guid="javascript:alert(2)"),
+    item("JavaScript link, permalink guid", link="JAVASCRIPT:alert(1)")[:-7]
+    + "<guid>https://news.example/8</guid></item>",
+    item("Data link", link="data:text/html,&lt;script&gt;alert(1)&lt;/script&gt;"),
+    item("Relative link", link="/relative/9"),
+    item("Headline\r\nwith a line break and a &lt;what&gt;", link="https://news.example/10"),
+)
+
+
+def test_hostile_content_never_comes_out_as_markup(
+    server: LocalServer, client: httpx.Client
+) -> None:
+    articles = fetch(server, client, Reply(body=HOSTILE)).articles
+    assert [(a.url, a.title) for a in articles] == [
+        ("https://news.example/1", "Headline one"),
+        ("https://news.example/2", "Headline two"),
+        ("https://news.example/3", "Headline three"),
+        ("https://news.example/4", "Headline four &lt;script&gt;"),  # text, not markup
+        ("https://news.example/5", "Five hover"),
+        ("https://news.example/8", "JavaScript link, permalink guid"),
+        ("https://news.example/10", "Headline with a line break and a <what>"),
+    ]
+    summaries = {a.url: a.summary for a in articles}
+    assert summaries["https://news.example/3"] == "Lead click"
+    assert summaries["https://news.example/4"] == "Lead four"
+    for article in articles:
+        for text in (article.title, article.summary or ""):
+            lowered = text.lower()
+            for bad in ("<script", "onerror", "onclick", "onmouseover", "<img", "javascript:"):
+                assert bad not in lowered, (bad, text)
+            assert "\r" not in text
+            assert "\n" not in text
+        assert article.url.startswith("https://")
+
+
+# --- text.py ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (None, ""),
+        ("", ""),
+        ("Plain title", "Plain title"),
+        ("  spaced \t out  ", "spaced out"),
+        ("Line one\r\nLine two\nthree\rfour", "Line one Line two three four"),
+        ("<b>Bold</b> claim", "Bold claim"),
+        ("<p>One</p><p>Two</p>", "One Two"),
+        ("a<br>b<br/>c", "a b c"),
+        ("<script>alert(1)</script>Safe", "Safe"),
+        ("<style>p { color: red }</style>Styled", "Styled"),
+        ("<img src=x onerror=alert(1)>Picture", "Picture"),
+        ('<a href="javascript:alert(1)">Click</a> here', "Click here"),
+        ("<x onmouseover=alert(1)>Hover</x> and <y>", "Hover and <y>"),
+        ("<what> the data says", "<what> the data says"),
+        ("Vitamin D &amp; <what> the new data says", "Vitamin D & <what> the new data says"),
+        ("<what the data says>", "<what the data says>"),
+        ("5 < 6 and 7 > 3", "5 < 6 and 7 > 3"),
+        ("AT&amp;T &eacute;t&#233; &#x2014; ok", "AT&T été — ok"),
+        ("&lt;b&gt;Escaped bold&lt;/b&gt;", "Escaped bold"),
+        ("&amp;lt;b&amp;gt;x", "&lt;b&gt;x"),
+        ("&lt;script&gt;alert(1)&lt;/script&gt;Safe", "Safe"),
+        ("&#60;img src=x onerror=alert(1)&#62;Pic", "Pic"),
+        ("<![CDATA[Inside <b>CDATA</b>]]>", "Inside CDATA"),
+        ("<!-- a comment -->Text", "Text"),
+        ("Tab\tand\x0bvertical", "Tab and vertical"),
+        ("Zero\u2028width", "Zero width"),
+    ],
+)
+def test_plain_text(raw: str | None, expected: str) -> None:
+    assert plain_text(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://news.example/a", "https://news.example/a"),
+        ("https://news.example/a/", "https://news.example/a"),
+        ("https://news.example", "https://news.example/"),
+        ("https://news.example/", "https://news.example/"),
+        ("HTTPS://News.Example.COM/Path/Case", "https://news.example.com/Path/Case"),
+        ("https://news.example:443/a", "https://news.example/a"),
+        ("http://news.example:80/a", "http://news.example/a"),
+        ("http://news.example:8080/a/", "http://news.example:8080/a"),
+        ("https://news.example:80/a", "https://news.example:80/a"),
+        (
+            "https://news.example/a?utm_source=x&utm_medium=y&utm_campaign=z",
+            "https://news.example/a",
+        ),
+        ("https://news.example/a?id=3&fbclid=abc&UTM_Term=q", "https://news.example/a?id=3"),
+        ("https://news.example/a?gclid=1&p=2&mc_cid=3", "https://news.example/a?p=2"),
+        ("https://news.example/a?b=2&a=1", "https://news.example/a?b=2&a=1"),
+        ("https://news.example/a?empty=", "https://news.example/a?empty="),
+        ("https://news.example/a#section-2", "https://news.example/a"),
+        ("  https://news.example/a/  ", "https://news.example/a"),
+        ("http://[::1]:8080/a/", "http://[::1]:8080/a"),
+        ("https://[2001:DB8::1]:443/", "https://[2001:db8::1]/"),
+    ],
+)
+def test_normalise_url(url: str, expected: str) -> None:
+    assert normalise_url(url) == expected
+    assert normalise_url(expected) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://news.example/a", "https://news.example/a"),
+        (" http://news.example/a ", "http://news.example/a"),
+        ("HTTPS://news.example/a", "HTTPS://news.example/a"),
+        ("javascript:alert(1)", None),
+        ("JavaScript:alert(1)", None),
+        (" javascript:alert(1)", None),
+        ("data:text/html,<script>alert(1)</script>", None),
+        ("vbscript:msgbox(1)", None),
+        ("/relative/path", None),
+        ("//news.example/a", None),
+        ("mailto:editor@news.example", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_safe_link(url: str | None, expected: str | None) -> None:
+    assert safe_link(url) == expected

@@ -1,0 +1,700 @@
+"""The store against SQLite and a real PostgreSQL, through one parametrised fixture.
+
+PostgreSQL comes from ``DISTRIBUTOR_TEST_POSTGRES_URL`` (default
+``postgresql+psycopg://postgres@127.0.0.1:5432/test``). Each test gets a schema of its own,
+dropped afterwards, so the tests are isolated and can run again and again. An unreachable server
+fails the tests with instructions; it never skips them.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, create_engine, insert, inspect, make_url, text
+from sqlalchemy.exc import IntegrityError, OperationalError, StatementError
+
+from distributor.exceptions import StoreError
+from distributor.models import Article, DeliveryStatus, Link, Study, Subscriber
+from distributor.sources.base import FetchState
+from distributor.store import Store, migrate
+from distributor.store.tables import deliveries, editions, metadata
+
+POSTGRES_URL = os.environ.get(
+    "DISTRIBUTOR_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+HOW_TO_START = (
+    "The store tests need PostgreSQL. Start the local server (Debian/Ubuntu: "
+    "`sudo service postgresql start`; with Docker: `docker run -d -p 5432:5432 "
+    "-e POSTGRES_HOST_AUTH_METHOD=trust -e POSTGRES_DB=test postgres:16`), check it with "
+    "`psql -h 127.0.0.1 -U postgres test -c 'select 1'`, or point DISTRIBUTOR_TEST_POSTGRES_URL "
+    "at another server."
+)
+# The PostgreSQL sessions run in a zone far from UTC, so a value that is handed back in the
+# session's zone instead of UTC shows up.
+SESSION_TIMEZONE = "Asia/Kathmandu"
+T0 = datetime(2025, 6, 2, 12, 0, 0, 123456, tzinfo=UTC)
+TABLES = {
+    "articles",
+    "article_views",
+    "source_state",
+    "editions",
+    "deliveries",
+    "subscribers",
+    "subscriber_lists",
+}
+
+
+# --- fixtures -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_admin() -> Iterator[Engine]:
+    engine = create_engine(POSTGRES_URL)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+    except OperationalError as exc:
+        engine.dispose()
+        pytest.fail(f"cannot reach PostgreSQL at {POSTGRES_URL}: {exc.orig}\n{HOW_TO_START}")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def postgres_url(postgres_admin: Engine) -> Iterator[str]:
+    """The URL of an empty schema of its own on the PostgreSQL server (dropped afterwards)."""
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    with postgres_admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = make_url(POSTGRES_URL).update_query_dict(
+        {"options": f"-csearch_path={schema} -ctimezone={SESSION_TIMEZONE}"}
+    )
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with postgres_admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database of each kind."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'db' / 'store.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:
+    """A migrated store of each kind."""
+    opened = Store.open(db_url, migrate_now=True)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def race(count: int, action: Any) -> list[Any]:
+    """Run ``action(n)`` in ``count`` threads released at the same moment; return the results."""
+    barrier = threading.Barrier(count)
+    results: list[Any] = [None] * count
+    errors: list[BaseException] = []
+
+    def run(n: int) -> None:
+        try:
+            barrier.wait(timeout=5)
+            results[n] = action(n)
+        except BaseException as exc:  # reported below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=20)
+    assert errors == []
+    return results
+
+
+def article(article_id: str = "a1", **fields: Any) -> Article:
+    values: dict[str, Any] = {
+        "url": f"https://news.example/{article_id}",
+        "title": f"Title of {article_id}",
+        "source": "feed",
+    }
+    values.update(fields)
+    return Article(id=article_id, **values)
+
+
+def edition_id(store: Store, schedule: str = "daily", fire_time: datetime = T0) -> int:
+    row, _ = store.claim_edition(schedule, fire_time, state="selected", sections=[])
+    return row.id
+
+
+def outbox(*recipients: str, channel: str = "email", key: str = "digest") -> list[dict[str, Any]]:
+    return [{"channel": channel, "recipient": r, "message_key": key} for r in recipients]
+
+
+# --- opening and migrating ------------------------------------------------------------------
+
+
+def test_open_migrates_sqlite_automatically(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "store.db"
+    store = Store.open(f"sqlite:///{path}")
+    try:
+        assert path.exists()
+        assert migrate.current_revision(store.engine) == migrate.head_revision() == "0001"
+        assert set(inspect(store.engine).get_table_names()) >= TABLES
+        assert store.count_articles() == 0
+    finally:
+        store.close()
+    again = Store.open(f"sqlite:///{path}")  # a second open finds it at head and goes on
+    again.close()
+
+
+def test_open_refuses_an_unmigrated_database(db_url: str) -> None:
+    # PostgreSQL is never migrated behind the operator's back; SQLite only when told not to.
+    migrate_now = False if db_url.startswith("sqlite") else None
+    with pytest.raises(StoreError, match=r"revision none.*run `distributor db upgrade`"):
+        Store.open(db_url, migrate_now=migrate_now)
+
+
+def test_upgrade_brings_an_empty_postgres_to_head(postgres_url: str) -> None:
+    engine = create_engine(postgres_url)
+    try:
+        assert migrate.current_revision(engine) is None
+        assert inspect(engine).get_table_names() == []
+        migrate.upgrade(engine)
+        assert migrate.current_revision(engine) == migrate.head_revision()
+        assert set(inspect(engine).get_table_names()) == TABLES | {"alembic_version"}
+        migrate.upgrade(engine)  # at head already: nothing to do, no error
+    finally:
+        engine.dispose()
+    store = Store.open(postgres_url)  # now it opens without migrating
+    try:
+        assert store.count_articles() == 0
+    finally:
+        store.close()
+
+
+def test_open_reports_an_unreachable_database() -> None:
+    with pytest.raises(StoreError, match="cannot reach the database"):
+        Store.open("postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=2")
+
+
+def test_migrations_match_the_tables(store: Store) -> None:
+    """The drift test: a freshly migrated database is exactly what tables.py describes."""
+    with store.engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        assert compare_metadata(context, metadata) == []
+
+
+def test_the_guarantees_are_named_constraints(store: Store) -> None:
+    found = inspect(store.engine)
+    assert {tuple(u["column_names"]) for u in found.get_unique_constraints("editions")} == {
+        ("schedule", "fire_time", "dry_run")
+    }
+    assert [(u["name"], u["column_names"]) for u in found.get_unique_constraints("deliveries")] == [
+        ("uq_deliveries_once", ["edition_id", "channel", "recipient", "message_key"])
+    ]
+
+
+# --- editions -------------------------------------------------------------------------------
+
+
+def test_claim_edition_once(store: Store) -> None:
+    sections = [{"kind": "breaking", "title": "Breaking – now", "ids": ["a1", "a2"]}]
+    first, created = store.claim_edition("daily", T0, state="selected", sections=sections)
+    assert created is True
+    assert first.schedule == "daily"
+    assert first.fire_time == T0
+    assert first.state == "selected"
+    assert first.dry_run is False
+    assert first.sections == tuple(sections)
+
+    second, created_again = store.claim_edition("daily", T0, state="other", sections=[])
+    assert created_again is False
+    assert second.id == first.id
+    assert second.state == "selected"  # the first claim wins; the second changes nothing
+    assert second.sections == tuple(sections)
+
+    # Another fire time or another schedule is another edition.
+    other_time, created = store.claim_edition(
+        "daily", T0 + timedelta(days=1), state="selected", sections=[]
+    )
+    other_schedule, created_too = store.claim_edition("weekly", T0, state="selected", sections=[])
+    assert created
+    assert created_too
+    assert len({first.id, other_time.id, other_schedule.id}) == 3
+
+
+def test_claim_edition_same_instant_in_another_zone(store: Store) -> None:
+    first, _ = store.claim_edition("daily", T0, state="selected", sections=[])
+    plus_two = T0.astimezone(timezone(timedelta(hours=2)))
+    second, created = store.claim_edition("daily", plus_two, state="selected", sections=[])
+    assert created is False
+    assert second.id == first.id
+
+
+def test_claim_edition_from_two_threads_at_once(store: Store) -> None:
+    for n in range(5):
+        fire_time = T0 + timedelta(hours=n)
+        claims = race(
+            2,
+            lambda _, t=fire_time: store.claim_edition("race", t, state="selected", sections=[]),
+        )
+        assert sorted(created for _, created in claims) == [False, True]
+        assert claims[0][0] == claims[1][0]
+    assert len(store.editions(schedule="race")) == 5
+
+
+def test_a_second_edition_row_is_refused_by_the_database(store: Store) -> None:
+    edition_id(store)
+    row = {
+        "schedule": "daily",
+        "fire_time": T0,
+        "state": "selected",
+        "dry_run": False,
+        "sections": [],
+        "created_at": T0,
+        "updated_at": T0,
+    }
+    with pytest.raises(IntegrityError), store.engine.begin() as conn:
+        conn.execute(insert(editions).values(**row))
+
+
+def test_dry_run_edition_is_replaced_and_apart_from_the_real_one(store: Store) -> None:
+    real, _ = store.claim_edition("daily", T0, state="selected", sections=[])
+    dry, created = store.claim_edition("daily", T0, state="selected", sections=[], dry_run=True)
+    assert created is True
+    assert dry.dry_run is True
+    assert dry.id != real.id
+    newer, created = store.claim_edition("daily", T0, state="held", sections=[], dry_run=True)
+    assert created is True
+    assert newer.state == "held"
+    assert store.find_edition("daily", T0, dry_run=True) == newer
+    assert store.find_edition("daily", T0) == real
+
+
+def test_set_edition_state(store: Store) -> None:
+    eid = edition_id(store)
+    store.set_edition_state(eid, "failed", "the template broke")
+    (row,) = store.editions()
+    assert (row.state, row.reason) == ("failed", "the template broke")
+    assert row.updated_at >= row.created_at
+
+
+# --- deliveries -----------------------------------------------------------------------------
+
+
+def test_add_deliveries_twice_adds_only_the_missing_rows(store: Store) -> None:
+    eid = edition_id(store)
+    assert store.add_deliveries(eid, outbox("a@example.org", "b@example.org")) == 2
+    rows = outbox("a@example.org", "b@example.org", "c@example.org")
+    rows += outbox("a@example.org", key="breaking-a1")
+    assert store.add_deliveries(eid, rows) == 2
+    assert store.add_deliveries(eid, rows) == 0
+    found = store.deliveries_of(eid)
+    assert sorted((d.recipient, d.message_key) for d in found) == [
+        ("a@example.org", "breaking-a1"),
+        ("a@example.org", "digest"),
+        ("b@example.org", "digest"),
+        ("c@example.org", "digest"),
+    ]
+    assert {d.status for d in found} == {"pending"}
+    assert {d.attempts for d in found} == {0}
+    assert {(d.schedule, d.fire_time) for d in found} == {("daily", T0)}
+
+
+def test_add_deliveries_merges_repeated_rows(store: Store) -> None:
+    eid = edition_id(store)
+    assert store.add_deliveries(eid, outbox("a@example.org", "a@example.org")) == 1
+    assert store.add_deliveries(eid, []) == 0
+    assert [d.recipient for d in store.deliveries_of(eid)] == ["a@example.org"]
+
+
+def test_add_deliveries_to_a_missing_edition_is_a_store_error(store: Store) -> None:
+    with pytest.raises(StoreError, match="cannot add deliveries to edition 4242"):
+        store.add_deliveries(4242, outbox("a@example.org"))
+
+
+def test_a_second_delivery_row_is_refused_by_the_database(store: Store) -> None:
+    eid = edition_id(store)
+    store.add_deliveries(eid, outbox("a@example.org"))
+    row = {
+        "edition_id": eid,
+        "channel": "email",
+        "recipient": "a@example.org",
+        "message_key": "digest",
+        "status": "pending",
+        "attempts": 0,
+        "article_ids": [],
+        "created_at": T0,
+        "updated_at": T0,
+    }
+    with (
+        pytest.raises(IntegrityError, match=r"uq_deliveries_once|UNIQUE constraint failed"),
+        store.engine.begin() as conn,
+    ):
+        conn.execute(insert(deliveries).values(**row))
+    assert len(store.deliveries_of(eid)) == 1
+
+
+def test_start_delivery_only_once(store: Store) -> None:
+    eid = edition_id(store)
+    store.add_deliveries(eid, outbox("a@example.org"))
+    (pending,) = store.deliveries_of(eid)
+    assert store.start_delivery(pending.id) is True
+    assert store.start_delivery(pending.id) is False
+    (sending,) = store.deliveries_of(eid)
+    assert (sending.status, sending.attempts) == ("sending", 1)
+    assert store.start_delivery(999_999) is False
+
+
+@pytest.mark.parametrize(
+    ("status", "error_class", "error", "remote_id", "sent"),
+    [
+        (DeliveryStatus.SENT, None, None, "<msg-1@example.org>", True),
+        (DeliveryStatus.DRY_RUN, None, None, None, True),
+        (DeliveryStatus.FAILED, "permanent", "550 no such user", None, False),
+        (DeliveryStatus.PENDING, "transient", "421 try later", None, False),
+        (DeliveryStatus.UNKNOWN, "unknown", "connection dropped after DATA", None, False),
+    ],
+)
+def test_finish_delivery_records_the_outcome(
+    store: Store,
+    status: DeliveryStatus,
+    error_class: str | None,
+    error: str | None,
+    remote_id: str | None,
+    sent: bool,
+) -> None:
+    eid = edition_id(store)
+    store.add_deliveries(eid, outbox("a@example.org"))
+    (row,) = store.deliveries_of(eid)
+    before = datetime.now(UTC)
+    assert store.start_delivery(row.id)
+    store.finish_delivery(row.id, status, remote_id=remote_id, error_class=error_class, error=error)
+    (done,) = store.deliveries_of(eid)
+    assert done.status == status.value
+    assert done.error_class == error_class
+    assert done.last_error == error
+    assert done.remote_id == remote_id
+    assert done.attempts == 1
+    if sent:
+        assert done.sent_at is not None
+        assert done.sent_at.tzinfo == UTC
+        assert before - timedelta(seconds=1) <= done.sent_at <= datetime.now(UTC)
+    else:
+        assert done.sent_at is None
+    assert store.deliveries(status=status.value)[0].id == row.id
+    assert done.as_json()["status"] == status.value
+
+
+def test_finish_delivery_clears_an_earlier_error(store: Store) -> None:
+    eid = edition_id(store)
+    store.add_deliveries(eid, outbox("a@example.org"))
+    (row,) = store.deliveries_of(eid)
+    store.start_delivery(row.id)
+    store.finish_delivery(row.id, DeliveryStatus.PENDING, error_class="transient", error="421")
+    assert store.start_delivery(row.id)
+    store.finish_delivery(row.id, DeliveryStatus.SENT, remote_id="id-2")
+    (done,) = store.deliveries_of(eid)
+    assert (done.status, done.error_class, done.last_error, done.remote_id, done.attempts) == (
+        "sent",
+        None,
+        None,
+        "id-2",
+        2,
+    )
+
+
+def test_sent_article_ids(store: Store) -> None:
+    eid = edition_id(store)
+    store.add_deliveries(
+        eid,
+        [
+            {"channel": "x", "recipient": "@acct", "message_key": "a1", "article_ids": ["a1"]},
+            {"channel": "x", "recipient": "@acct", "message_key": "a2", "article_ids": ["a2"]},
+            {"channel": "x", "recipient": "@acct", "message_key": "a3", "article_ids": ["a3"]},
+            {"channel": "x", "recipient": "@acct", "message_key": "a4", "article_ids": ["a4"]},
+            {
+                "channel": "slack",
+                "recipient": "#news",
+                "message_key": "d",
+                "article_ids": ["a5", "a6"],
+            },
+        ],
+    )
+    by_key = {d.message_key: d.id for d in store.deliveries_of(eid)}
+    store.start_delivery(by_key["a1"])
+    store.finish_delivery(by_key["a1"], DeliveryStatus.SENT)
+    store.start_delivery(by_key["a2"])  # sending: may have gone out, so it counts
+    store.start_delivery(by_key["a3"])
+    store.finish_delivery(by_key["a3"], DeliveryStatus.FAILED, error_class="permanent")
+    store.start_delivery(by_key["d"])
+    store.finish_delivery(by_key["d"], DeliveryStatus.SENT)
+    assert store.sent_article_ids("x") == {"a1", "a2"}
+    assert store.sent_article_ids("slack") == {"a5", "a6"}
+    assert store.sent_article_ids("telegram") == set()
+
+
+# --- articles -------------------------------------------------------------------------------
+
+
+def test_upsert_article_new_unchanged_changed(store: Store) -> None:
+    full = article(
+        "a1",
+        breaking=True,
+        author="Dr Ann Lee",
+        fact_checker="Bo Chan",
+        published=T0,
+        updated=T0 + timedelta(hours=1),
+        summary="Café & “quotes” — unicode survives",
+        image="https://news.example/a1.jpg",
+        topics=("COVID-19", "Long COVID"),
+        study=Study(journal="The Lancet", url="https://doi.org/10.1/x"),
+        related=(Link(title="Read also", url="https://news.example/a0"),),
+        shares=7,
+    )
+    assert store.upsert_article(full, now=T0) == "new"
+    assert store.upsert_article(full, now=T0 + timedelta(minutes=5)) == "unchanged"
+    assert store.article("a1") == full
+    changed = article("a1", title="A better title", published=T0)
+    assert store.upsert_article(changed, now=T0 + timedelta(minutes=10)) == "changed"
+    assert store.article("a1") == changed
+    assert store.upsert_article(changed) == "unchanged"
+    assert store.count_articles() == 1
+    assert store.article("missing") is None
+
+
+def test_article_ids_by_url(store: Store) -> None:
+    for n in range(3):
+        store.upsert_article(article(f"a{n}"))
+    urls = [f"https://news.example/a{n}" for n in range(5)]
+    assert store.article_ids_by_url(urls) == {
+        "https://news.example/a0": "a0",
+        "https://news.example/a1": "a1",
+        "https://news.example/a2": "a2",
+    }
+
+
+def test_aware_datetimes_round_trip_as_utc(store: Store) -> None:
+    kathmandu = timezone(timedelta(hours=5, minutes=45))
+    published = datetime(2025, 6, 2, 23, 30, 15, 654321, tzinfo=kathmandu)
+    new_york = timezone(timedelta(hours=-4))
+    updated = datetime(2025, 6, 2, 20, 0, 0, tzinfo=new_york)
+    store.upsert_article(article("a1", published=published, updated=updated))
+    found = store.article("a1")
+    assert found is not None
+    assert found.published == published
+    assert found.published is not None
+    assert found.published.tzinfo == UTC
+    assert found.published.isoformat() == "2025-06-02T17:45:15.654321+00:00"
+    assert found.updated is not None
+    assert found.updated.tzinfo == UTC
+    assert found.updated.isoformat() == "2025-06-03T00:00:00+00:00"
+
+    fire_time = datetime(2025, 1, 1, 7, 0, tzinfo=kathmandu)
+    row, _ = store.claim_edition("daily", fire_time, state="selected", sections=[])
+    assert row.fire_time == fire_time
+    assert row.fire_time.tzinfo == UTC
+    assert row.created_at.tzinfo == UTC
+
+
+def test_a_naive_datetime_is_refused(store: Store) -> None:
+    naive = datetime(2025, 6, 2, 12, 0)
+    with pytest.raises(StatementError, match="naive datetime 2025-06-02T12:00:00") as caught:
+        store.claim_edition("daily", naive, state="selected", sections=[])
+    assert isinstance(caught.value.orig, ValueError)
+    assert store.editions() == []
+    with pytest.raises(ValueError, match="timezone-aware"):
+        article("a1", published=naive)
+
+
+def test_latest_views_newest_per_article_and_window(store: Store) -> None:
+    for aid in ("a1", "a2", "a3"):
+        store.upsert_article(article(aid))
+    store.record_views("24h", {"a1": 10, "a2": 5}, now=T0)
+    store.record_views("24h", {"a1": 20}, now=T0 + timedelta(hours=1))
+    store.record_views("24h", {"a2": 0}, now=T0 + timedelta(hours=2))
+    store.record_views("7d", {"a1": 999, "a3": 50}, now=T0 + timedelta(hours=3))
+    store.record_views("24h", {}, now=T0 + timedelta(hours=4))
+    assert store.latest_views("24h") == {"a1": 20, "a2": 0}
+    assert store.latest_views("7d") == {"a1": 999, "a3": 50}
+    assert store.latest_views("30d") == {}
+
+
+def test_recent_articles_filters_by_date(store: Store) -> None:
+    store.upsert_article(article("old", published=T0 - timedelta(days=3)), now=T0)
+    store.upsert_article(article("fresh", published=T0 - timedelta(hours=2)), now=T0)
+    store.upsert_article(article("edge", published=T0 - timedelta(days=1)), now=T0)
+    # Without a date the time it was first seen counts.
+    store.upsert_article(article("undated-new"), now=T0 - timedelta(hours=1))
+    store.upsert_article(article("undated-old"), now=T0 - timedelta(days=5))
+    store.record_views("24h", {"fresh": 42, "old": 1}, now=T0)
+    since = T0 - timedelta(days=1)
+    found = {a.id: a for a in store.recent_articles(since, views_window="24h")}
+    assert set(found) == {"fresh", "edge", "undated-new"}
+    assert found["fresh"].views == 42
+    assert found["edge"].views is None
+    assert {a.id for a in store.recent_articles(T0 - timedelta(days=10))} == {
+        "old",
+        "fresh",
+        "edge",
+        "undated-new",
+        "undated-old",
+    }
+    assert store.recent_articles(T0 + timedelta(minutes=1)) == []
+
+
+def test_update_shares(store: Store) -> None:
+    store.upsert_article(article("a1"))
+    store.update_shares({"a1": 12, "unknown": 3})
+    found = store.article("a1")
+    assert found is not None
+    assert found.shares == 12
+
+
+def test_source_state(store: Store) -> None:
+    assert store.source_state("feed") == store.source_state("other")
+    assert store.source_state("feed").etag is None
+    store.save_source_state("feed", FetchState(etag='"v1"', last_modified="Mon, 02 Jun 2025"))
+    assert store.source_state("feed") == FetchState(etag='"v1"', last_modified="Mon, 02 Jun 2025")
+    store.save_source_state("feed", None, error="timed out")  # an error keeps the state
+    assert store.source_state("feed").etag == '"v1"'
+    store.save_source_state("feed", FetchState(etag='"v2"'))
+    assert store.source_state("feed") == FetchState(etag='"v2"')
+
+
+# --- subscribers ----------------------------------------------------------------------------
+
+
+def test_upsert_subscriber_lower_cases_and_updates(store: Store) -> None:
+    ann = Subscriber(
+        email="  Ann.Lee@Example.ORG ",
+        name="Ann",
+        lists=("daily", "breaking"),
+        topics=("Diabetes",),
+        timezone="Europe/Berlin",
+    )
+    assert store.upsert_subscriber(ann, consent_source="web form") == "added"
+    (stored,) = store.subscribers()
+    assert stored.email == "ann.lee@example.org"
+    assert stored.lists == ("breaking", "daily")
+    assert stored.topics == ("Diabetes",)
+    assert stored.timezone == "Europe/Berlin"
+    assert stored.status == "active"
+    assert stored.id is not None
+
+    again = Subscriber(email="ANN.LEE@example.org", name="Ann L.", lists=("weekly",))
+    assert store.upsert_subscriber(again, consent_source="import") == "updated"
+    (updated,) = store.subscribers()
+    assert (updated.id, updated.name, updated.lists, updated.topics) == (
+        stored.id,
+        "Ann L.",
+        ("weekly",),
+        (),
+    )
+
+
+def test_audience_streams_active_members_in_id_order(store: Store) -> None:
+    for n in range(5):
+        store.upsert_subscriber(
+            Subscriber(email=f"s{n}@example.org", lists=("daily",)), consent_source="test"
+        )
+    store.upsert_subscriber(
+        Subscriber(email="w@example.org", lists=("weekly",)), consent_source="t"
+    )
+    store.upsert_subscriber(
+        Subscriber(email="p@example.org", lists=("daily",), status="pending"), consent_source="t"
+    )
+    store.upsert_subscriber(
+        Subscriber(email="s5@example.org", lists=("daily",)), consent_source="t"
+    )
+    assert store.set_subscriber_status("S2@Example.org", "unsubscribed") is True
+    assert store.set_subscriber_status("nobody@example.org", "unsubscribed") is False
+
+    streamed = list(store.audience("daily", batch=2))
+    assert [s.email for s in streamed] == [
+        "s0@example.org",
+        "s1@example.org",
+        "s3@example.org",
+        "s4@example.org",
+        "s5@example.org",
+    ]
+    ids = [s.id for s in streamed]
+    assert all(isinstance(i, int) for i in ids)
+    assert ids == sorted(ids)
+    assert {s.lists for s in streamed} == {("daily",)}
+    assert [s.email for s in store.audience("weekly", batch=2)] == ["w@example.org"]
+    assert list(store.audience("nobody", batch=2)) == []
+    assert [s.email for s in store.subscribers(status="unsubscribed")] == ["s2@example.org"]
+    assert store.set_subscriber_status("s2@example.org", "active") is True
+    assert len(list(store.audience("daily", batch=2))) == 6
+
+
+def test_audience_is_read_in_batches(store: Store) -> None:
+    for n in range(5):
+        store.upsert_subscriber(
+            Subscriber(email=f"s{n}@example.org", lists=("daily",)), consent_source="test"
+        )
+    stream = store.audience("daily", batch=2)
+    first_two = [next(stream).email, next(stream).email]
+    # A subscriber who joins while the first batch is out is reached by a later batch.
+    store.upsert_subscriber(
+        Subscriber(email="late@example.org", lists=("daily",)), consent_source="t"
+    )
+    rest = [s.email for s in stream]
+    assert first_two == ["s0@example.org", "s1@example.org"]
+    assert rest == ["s2@example.org", "s3@example.org", "s4@example.org", "late@example.org"]
+
+
+# --- races ----------------------------------------------------------------------------------
+
+
+def test_add_deliveries_from_two_threads_at_once(store: Store) -> None:
+    for n in range(5):
+        eid = edition_id(store, fire_time=T0 + timedelta(hours=n))
+        rows = outbox(*(f"r{i}@example.org" for i in range(30)))
+        added = race(2, lambda _, e=eid, r=rows: store.add_deliveries(e, r))
+        assert sum(added) == 30
+        assert len(store.deliveries_of(eid)) == 30
+
+
+def test_upsert_article_from_two_threads_at_once(store: Store) -> None:
+    for n in range(5):
+        same = article(f"same{n}")
+        assert sorted(race(2, lambda _, a=same: store.upsert_article(a))) == ["new", "unchanged"]
+        versions = [article(f"diff{n}", title="First"), article(f"diff{n}", title="Second")]
+        outcomes = race(2, lambda i, v=versions: store.upsert_article(v[i]))
+        assert sorted(outcomes) == ["changed", "new"]
+        winner = versions[outcomes.index("changed")]
+        assert store.article(f"diff{n}") == winner
+
+
+def test_save_source_state_from_two_threads_at_once(store: Store) -> None:
+    for n in range(5):
+        race(2, lambda i, n=n: store.save_source_state(f"feed{n}", FetchState(etag=f'"{i}"')))
+        assert store.source_state(f"feed{n}").etag in {'"0"', '"1"'}
+
+
+def test_upsert_subscriber_from_two_threads_at_once(store: Store) -> None:
+    for n in range(5):
+        people = [
+            Subscriber(email=f"S{n}@example.org", lists=("daily",)),
+            Subscriber(email=f"s{n}@example.org", lists=("daily",)),
+        ]
+        outcomes = race(2, lambda i, p=people: store.upsert_subscriber(p[i], consent_source="t"))
+        assert sorted(outcomes) == ["added", "updated"]
+    assert [s.email for s in store.audience("daily")] == [f"s{n}@example.org" for n in range(5)]
