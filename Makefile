@@ -7,7 +7,7 @@ SAMPLE_PORT ?= 8765
 # ONCE=1 stops after the first pass instead of keeping the scheduler running.
 RUN_FLAGS = $(if $(ONCE),--once,--now)
 
-.PHONY: run test lint typecheck check bench clean
+.PHONY: run test clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,6 @@ test: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)
-	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -212,8 +212,9 @@ def preview(state: State, schedule_name: str, out: str | None) -> None:
     click.echo(f"all files: {path.parent}")
 
 
-def _print_run(report: RunReport) -> None:
-    zone_time = report.fire_time.isoformat()
+def _print_run(report: RunReport, config: Config) -> None:
+    zone = ZoneInfo(config.schedule(report.schedule).trigger.timezone)
+    zone_time = f"{report.fire_time.astimezone(zone):%Y-%m-%d %H:%M %Z}"
     label = "dry run" if report.dry_run else report.state
     if report.already:
         label += " (this edition ran before; nothing sent again)"
@@ -255,7 +256,7 @@ def run_once(
             if ingest_failed:
                 _print_ingest(ingest_report)
         report = pipeline.run(schedule, fire_time, dry_run=dry_run)
-    _print_run(report)
+    _print_run(report, pipeline.config)
     sys.exit(1 if report.failed or ingest_failed else 0)
 
 
@@ -283,7 +284,7 @@ def run(state: State, run_now: bool, once: bool) -> None:
                 failed = True
             report = pipeline.run(schedule, fire_time)
             failed = failed or report.failed
-            _print_run(report)
+            _print_run(report, pipeline.config)
 
     try:
         if run_now or once:
@@ -295,7 +296,7 @@ def run(state: State, run_now: bool, once: bool) -> None:
             for schedule in config.schedules:
                 report = pipeline.run(schedule, scheduling.latest_fire_time(schedule, now))
                 failed = failed or report.failed
-                _print_run(report)
+                _print_run(report, pipeline.config)
         if once:
             sys.exit(1 if failed else 0)
         _serve(config, fire)

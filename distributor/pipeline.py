@@ -363,13 +363,8 @@ class Pipeline:
     def write_preview(
         self, schedule: Schedule, edition: Edition, *, folder: Path | None = None
     ) -> Path:
-        """Write the email (HTML and text) and the posts of ``edition``; return the index page."""
-        folder = folder or (
-            self.config.outputs_dir
-            / "previews"
-            / schedule.key
-            / edition.fire_time.strftime("%Y%m%dT%H%M%SZ")
-        )
+        """Write the email (HTML and text) and the posts of ``edition``; return the page to open."""
+        folder = folder or self.preview_folder(schedule.key, edition.fire_time)
         folder.mkdir(parents=True, exist_ok=True)
         sample = Subscriber(email="reader@example.org", name="Reader")
         key = b"preview-only-key"
@@ -398,9 +393,11 @@ class Pipeline:
                 (folder / name).write_text(json.dumps(data, indent=2, ensure_ascii=False), "utf-8")
                 entries.append((name, f"{len(posts)} post(s) for {target.channel}"))
         (folder / "index.html").write_text(preview_index(schedule, edition, entries), "utf-8")
-        return folder / (
-            entries[0][0] if entries and entries[0][0].endswith(".html") else "index.html"
-        )
+        return _page_to_open(folder) or folder / "index.html"
+
+    def preview_folder(self, schedule: str, fire_time: datetime) -> Path:
+        stamp = fire_time.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+        return self.config.outputs_dir / "previews" / schedule / stamp
 
     # --- running an edition ------------------------------------------------------------------
 
@@ -478,6 +475,7 @@ class Pipeline:
             ],
             targets=list(counts.values()),
             already=True,
+            preview=_page_to_open(self.preview_folder(schedule.key, row.fire_time)),
         )
 
     def _plan(
@@ -610,6 +608,14 @@ class Pipeline:
         report.failed += 1
         report.errors.append(f"{message.recipient}: {reason}")
         log.warning("delivery to %s on %s failed: %s", message.recipient, message.channel, reason)
+
+
+def _page_to_open(folder: Path) -> Path | None:
+    """The email preview of a preview folder if it has one, else its index page."""
+    if not folder.is_dir():
+        return None
+    emails = sorted(folder.glob("email-*.html"))
+    return emails[0] if emails else folder / "index.html"
 
 
 def _final_state(targets: Sequence[TargetReport]) -> str:

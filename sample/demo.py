@@ -10,6 +10,7 @@ import argparse
 import subprocess
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sample.site import DEFAULT_PORT, serve_in_thread
@@ -31,7 +32,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("run_args", nargs="*", help="arguments for `distributor run`")
     options = parser.parse_args(argv)
     try:
-        site = serve_in_thread(port=options.port)
+        # Dates on the sample site count back from the start of the hour, so restarting the
+        # demo within the hour serves the same feed and nothing looks changed.
+        hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+        site = serve_in_thread(port=options.port, now=hour)
     except OSError as exc:
         print(f"cannot serve the sample site on 127.0.0.1:{options.port}: {exc}", file=sys.stderr)
         print(

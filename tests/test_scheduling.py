@@ -55,3 +55,28 @@ def test_interval_fire_times_are_the_same_in_every_process() -> None:
 def test_bad_cron_expressions_are_refused_with_the_expression(expression: str) -> None:
     with pytest.raises(ValueError, match="bad cron expression"):
         check_cron(expression, "UTC")
+
+
+def test_the_scheduler_fires_with_the_nominal_fire_time() -> None:
+    import threading
+
+    from distributor.scheduling import Scheduler
+
+    fired: list[tuple[str, datetime]] = []
+    stop = threading.Event()
+
+    def fire(s: Schedule, fire_time: datetime) -> None:
+        fired.append((s.key, fire_time))
+        stop.set()
+
+    every = schedule({"interval": "10s", "timezone": "Europe/London"})
+    scheduler = Scheduler([every], fire)
+    runner = threading.Thread(target=scheduler.run_until, args=(stop,))
+    started = datetime.now(UTC)
+    runner.start()
+    runner.join(timeout=20)
+    assert not runner.is_alive(), "the scheduler did not stop"
+    ((name, fire_time),) = fired
+    assert name == "s"
+    assert fire_time.second % 10 == 0 and fire_time.microsecond == 0
+    assert started.replace(microsecond=0) <= fire_time.astimezone(UTC) <= datetime.now(UTC)
