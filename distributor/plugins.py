@@ -7,17 +7,36 @@ scanning.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import cache
 from importlib.metadata import entry_points
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from distributor.models import Secret
+
 
 class PluginOptions(BaseModel):
     """Base of every channel's and source's options: unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Plugin:
+    """What every channel and source shares: a name, validated options, resolved secrets.
+
+    ``secrets`` maps an option's name without ``_env`` (``password``) to its
+    :class:`~distributor.models.Secret`.
+    """
+
+    class Options(PluginOptions):
+        """A plugin's options; subclasses declare theirs."""
+
+    def __init__(self, *, name: str, options: PluginOptions, secrets: Mapping[str, Secret]) -> None:
+        self.name = name
+        self.options = options
+        self.secrets = secrets
 
 
 @cache

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from distributor.models import DeliveryResult, Message, Secret
-from distributor.plugins import PluginOptions
+from distributor.plugins import Plugin, PluginOptions
 
 ChannelKind = Literal["email", "post"]
 
 
-class Channel(abc.ABC):
+class Channel(Plugin, abc.ABC):
     """Delivers messages to one platform account or one mail system."""
 
     kind: ClassVar[ChannelKind] = "post"
@@ -34,9 +34,6 @@ class Channel(abc.ABC):
     platform: ClassVar[str] = ""
     """Which platform's posts this channel writes (x, mastodon, ...); picks the post template."""
 
-    class Options(PluginOptions):
-        """Options shared by every channel."""
-
     def __init__(
         self,
         *,
@@ -45,9 +42,7 @@ class Channel(abc.ABC):
         secrets: Mapping[str, Secret],
         root: Path,
     ) -> None:
-        self.name = name
-        self.options = options
-        self.secrets = secrets
+        super().__init__(name=name, options=options, secrets=secrets)
         self.root = root
 
     @classmethod
@@ -72,5 +67,5 @@ class Channel(abc.ABC):
     def send(self, message: Message) -> DeliveryResult:
         """Deliver ``message``; raise a DeliveryError subclass when it cannot."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook, most channels hold nothing open
+    def close(self) -> None:
         """Release connections. Called once when the run ends."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from distributor.models import Article, Secret
-from distributor.plugins import PluginOptions
+from distributor.plugins import Plugin, PluginOptions
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,11 +36,8 @@ class FetchResult:
     not_modified: bool = False
 
 
-class Source(abc.ABC):
-    """Reads articles from one place on the publisher's site."""
-
-    class Options(PluginOptions):
-        """Options shared by every source."""
+class _Reader(Plugin):
+    """A plugin that reads over HTTP with the pipeline's shared client."""
 
     def __init__(
         self,
@@ -50,10 +47,12 @@ class Source(abc.ABC):
         secrets: Mapping[str, Secret],
         client: httpx.Client,
     ) -> None:
-        self.name = name
-        self.options = options
-        self.secrets = secrets
+        super().__init__(name=name, options=options, secrets=secrets)
         self.client = client
+
+
+class Source(_Reader, abc.ABC):
+    """Reads articles from one place on the publisher's site."""
 
     @abc.abstractmethod
     def fetch(self, state: FetchState) -> FetchResult:
@@ -69,24 +68,8 @@ class Popularity:
     shares: int | None = None
 
 
-class PopularitySource(abc.ABC):
+class PopularitySource(_Reader, abc.ABC):
     """Reads how often the publisher's articles were read, over a window."""
-
-    class Options(PluginOptions):
-        """Options shared by every popularity source."""
-
-    def __init__(
-        self,
-        *,
-        name: str,
-        options: PluginOptions,
-        secrets: Mapping[str, Secret],
-        client: httpx.Client,
-    ) -> None:
-        self.name = name
-        self.options = options
-        self.secrets = secrets
-        self.client = client
 
     @property
     @abc.abstractmethod
