@@ -34,10 +34,54 @@ def check_cron(expression: str, timezone: str) -> None:
         raise ValueError(f"bad cron expression {expression!r}: {exc}") from None
 
 
+class WallClockCron(BaseTrigger):  # type: ignore[misc]  # APScheduler ships no type hints
+    """A cron trigger that fires once per wall-clock time, across daylight-saving changes.
+
+    APScheduler 3.11's CronTrigger, given the previous fire time inside the hour that repeats
+    when clocks go back, answers with a time *before* it, so a scheduler would fire again and
+    again through that hour. This wrapper asks without the previous time, only ever moves
+    forward, and skips a fire whose local wall-clock time is the one it just fired at: a daily
+    01:30 job runs once on the day 01:30 happens twice. On the day the clock skips the hour,
+    the missing time fires at the moment the clock jumps past it (02:30 becomes 03:30).
+    """
+
+    def __init__(self, cron: CronTrigger, zone: ZoneInfo) -> None:
+        self.cron = cron
+        self.zone = zone
+
+    def _wall(self, moment: datetime) -> datetime:
+        return moment.astimezone(self.zone).replace(tzinfo=None)
+
+    def get_next_fire_time(
+        self, previous_fire_time: datetime | None, now: datetime
+    ) -> datetime | None:
+        start = now
+        if previous_fire_time is not None:
+            start = max(now, previous_fire_time + timedelta(microseconds=1))
+        for _ in range(1000):  # a few steps at most; bounded so a library bug cannot hang us
+            fire = self.cron.get_next_fire_time(None, start)
+            if fire is None:
+                return None
+            if fire < start:  # the library went backwards: step to the next whole minute
+                start = (start + timedelta(minutes=1)).replace(second=0, microsecond=0)
+                continue
+            if previous_fire_time is not None and self._wall(fire) == self._wall(
+                previous_fire_time
+            ):
+                start = fire + timedelta(microseconds=1)  # the same wall time, repeated
+                continue
+            # Through UTC, so a time the clock skipped reads as the real moment (03:30, not 02:30).
+            return fire.astimezone(UTC).astimezone(self.zone)
+        raise RuntimeError(f"no next fire time for {self.cron} after {now.isoformat()}")
+
+    def __str__(self) -> str:
+        return f"{self.cron} (wall clock)"
+
+
 def build_trigger(trigger: Trigger) -> BaseTrigger:
     zone = ZoneInfo(trigger.timezone)
     if trigger.cron is not None:
-        return CronTrigger.from_crontab(trigger.cron, timezone=zone)
+        return WallClockCron(CronTrigger.from_crontab(trigger.cron, timezone=zone), zone)
     assert trigger.interval is not None
     return IntervalTrigger(
         seconds=int(trigger.interval.total_seconds()),

@@ -80,3 +80,99 @@ def test_the_scheduler_fires_with_the_nominal_fire_time() -> None:
     assert name == "s"
     assert fire_time.second % 10 == 0 and fire_time.microsecond == 0
     assert started.replace(microsecond=0) <= fire_time.astimezone(UTC) <= datetime.now(UTC)
+
+
+def walk(expression: str, zone: str, start: str, count: int) -> list[str]:
+    """Drive the trigger the way the scheduler does: each fire time is the next 'now'."""
+    from zoneinfo import ZoneInfo
+
+    from distributor.config import Trigger
+    from distributor.scheduling import build_trigger
+
+    trigger = build_trigger(Trigger(cron=expression, timezone=zone))
+    now = datetime.fromisoformat(start).replace(tzinfo=ZoneInfo(zone))
+    previous = None
+    out = []
+    for _ in range(count):
+        fire = trigger.get_next_fire_time(previous, now)
+        assert previous is None or fire > previous, "fire times must only move forward"
+        out.append(fire.strftime("%m-%d %H:%M%z"))
+        previous = now = fire
+    return out
+
+
+@pytest.mark.parametrize(
+    ("zone", "start", "expected"),
+    [
+        # Spring forward: 02:30 does not exist that day; it fires once, as the clock jumps.
+        (
+            "America/New_York",
+            "2027-03-13",
+            ["03-13 02:30-0500", "03-14 03:30-0400", "03-15 02:30-0400"],
+        ),
+        (
+            "Europe/London",
+            "2027-03-27",
+            ["03-27 02:30+0000", "03-28 02:30+0100", "03-29 02:30+0100"],
+        ),
+        # Fall back: 02:30 happens once in New York, and once in London.
+        (
+            "America/New_York",
+            "2027-11-06",
+            ["11-06 02:30-0400", "11-07 02:30-0500", "11-08 02:30-0500"],
+        ),
+        (
+            "Europe/London",
+            "2027-10-30",
+            ["10-30 02:30+0100", "10-31 02:30+0000", "11-01 02:30+0000"],
+        ),
+    ],
+)
+def test_a_0230_daily_schedule_fires_once_a_day_across_dst(
+    zone: str, start: str, expected: list[str]
+) -> None:
+    assert walk("30 2 * * *", zone, start, 3) == expected
+
+
+@pytest.mark.parametrize(
+    ("zone", "start", "expected"),
+    [
+        # 01:30 happens twice when the clocks go back: the job runs the first time only.
+        (
+            "America/New_York",
+            "2027-11-06",
+            ["11-06 01:30-0400", "11-07 01:30-0400", "11-08 01:30-0500"],
+        ),
+        (
+            "Europe/London",
+            "2027-10-30",
+            ["10-30 01:30+0100", "10-31 01:30+0100", "11-01 01:30+0000"],
+        ),
+        # 01:30 does not exist in London on 28 March: it runs at 02:30 BST instead, once.
+        (
+            "Europe/London",
+            "2027-03-27",
+            ["03-27 01:30+0000", "03-28 02:30+0100", "03-29 01:30+0100"],
+        ),
+    ],
+)
+def test_a_repeated_or_skipped_wall_time_fires_once(
+    zone: str, start: str, expected: list[str]
+) -> None:
+    assert walk("30 1 * * *", zone, start, 3) == expected
+
+
+def test_frequent_crons_move_forward_through_the_repeated_hour() -> None:
+    # APScheduler's own CronTrigger goes backwards here (and would fire forever).
+    times = walk("*/20 * * * *", "America/New_York", "2027-11-07T00:30", 9)
+    assert times == [
+        "11-07 00:40-0400",
+        "11-07 01:00-0400",
+        "11-07 01:20-0400",
+        "11-07 01:40-0400",
+        "11-07 02:00-0500",  # the repeated 01:xx hour is not run a second time
+        "11-07 02:20-0500",
+        "11-07 02:40-0500",
+        "11-07 03:00-0500",
+        "11-07 03:20-0500",
+    ]
