@@ -59,7 +59,7 @@ class WallClockCron(BaseTrigger):  # type: ignore[misc]  # APScheduler ships no 
         if previous_fire_time is not None:
             start = max(now, previous_fire_time + timedelta(microseconds=1))
         for _ in range(1000):  # a few steps at most; bounded so a library bug cannot hang us
-            fire = self.cron.get_next_fire_time(None, start)
+            fire: datetime | None = self.cron.get_next_fire_time(None, start)
             if fire is None:
                 return None
             if fire < start:  # the library went backwards: step to the next whole minute
