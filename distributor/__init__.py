@@ -16,6 +16,7 @@ from distributor.exceptions import (
     StoreError,
     TemplateError,
     TransientDeliveryError,
+    UnknownEditionError,
 )
 from distributor.models import (
     Article,
@@ -61,6 +62,7 @@ __all__ = [
     "Subscriber",
     "TemplateError",
     "TransientDeliveryError",
+    "UnknownEditionError",
     "__version__",
     "load_config",
 ]

@@ -23,9 +23,16 @@ import click
 
 from distributor import scheduling, starter
 from distributor.config import Config, load_config
-from distributor.exceptions import ConfigError, DistributorError, StoreError
-from distributor.pipeline import IngestReport, Pipeline, RunReport
-from distributor.store import Store
+from distributor.exceptions import (
+    ConfigError,
+    DistributorError,
+    StoreError,
+    UnknownEditionError,
+)
+from distributor.models import DeliveryStatus
+from distributor.pipeline import Pipeline
+from distributor.reports import IngestReport, Recovery, RunReport
+from distributor.store import ALL_SCHEDULES, Store
 from distributor.subscribers import check_address, import_csv, write_csv
 
 log = logging.getLogger("distributor")
@@ -71,6 +78,18 @@ def _open_store(config: Config, *, migrate_now: bool | None = None) -> Store:
 
 def _dump(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+@contextmanager
+def _usage() -> Iterator[None]:
+    """An unknown schedule, channel or edition named on the command line: exit 2."""
+    try:
+        yield
+    except ConfigError as exc:
+        _config_exit(exc)
+    except UnknownEditionError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -123,8 +142,10 @@ def validate(state: State) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def schedules(state: State, count: int, as_json: bool) -> None:
-    """Each schedule with its next fire times, in its own timezone."""
-    config = state.config()
+    """Each schedule with its next fire times, in its own timezone; HELD when it is held."""
+    with state.pipeline() as pipeline:
+        config = pipeline.config
+        holds = {s.key: pipeline.outbox.hold_reason(s.key) for s in config.schedules}
     now = datetime.now(UTC)
     fires = {s.key: scheduling.next_fire_times(s, now, count) for s in config.schedules}
     rows = [
@@ -133,6 +154,10 @@ def schedules(state: State, count: int, as_json: bool) -> None:
             "timezone": s.trigger.timezone,
             "trigger": s.trigger.cron or f"every {s.trigger.model_dump(mode='json')['interval']}",
             "next": [t.isoformat() for t in fires[s.key]],
+            "held": holds[s.key] is not None,
+            "hold_reason": holds[s.key],
+            "approval": s.approval,
+            "max_audience": s.max_audience,
         }
         for s in config.schedules
     ]
@@ -140,7 +165,11 @@ def schedules(state: State, count: int, as_json: bool) -> None:
         _dump(rows)
         return
     for row, schedule in zip(rows, config.schedules, strict=True):
-        click.echo(f"{row['schedule']}  ({row['trigger']}, {row['timezone']})")
+        extra = "  approval required" if schedule.approval == "required" else ""
+        if schedule.max_audience is not None:
+            extra += f"  max_audience {schedule.max_audience}"
+        extra += f"  HELD: {row['hold_reason']}" if row["held"] else ""
+        click.echo(f"{row['schedule']}  ({row['trigger']}, {row['timezone']}){extra}")
         for fire in fires[schedule.key]:
             click.echo(f"    {fire:%a %Y-%m-%d %H:%M %Z}")
 
@@ -212,29 +241,63 @@ def preview(state: State, schedule_name: str, out: str | None) -> None:
     click.echo(f"all files: {path.parent}")
 
 
-def _print_run(report: RunReport, config: Config) -> None:
+def _print_run(report: RunReport, config: Config, *, articles: bool = True) -> None:
     zone = ZoneInfo(config.schedule(report.schedule).trigger.timezone)
     zone_time = f"{report.fire_time.astimezone(zone):%Y-%m-%d %H:%M %Z}"
     label = "dry run" if report.dry_run else report.state
     if report.already:
         label += " (this edition ran before; nothing sent again)"
-    click.echo(f"{report.schedule} @ {zone_time}: {label}")
+    if report.note:
+        click.echo(report.note)
+    number = f"  [edition {report.edition_id}]" if report.edition_id and not report.dry_run else ""
+    click.echo(f"{report.schedule} @ {zone_time}: {label}{number}")
     if report.reason:
         click.echo(f"  reason: {report.reason}")
-    for title, articles in report.sections:
-        click.echo(f"  {title}: {len(articles)} article(s)")
-        for article in articles:
+    if report.state == "held" and not report.already:
+        if report.awaiting_approval:
+            click.echo(f"  to send it: distributor approve {report.edition_id}")
+        else:
+            click.echo("  it goes out on `distributor release`")
+    for title, items in report.sections if articles else ():
+        click.echo(f"  {title}: {len(items)} article(s)")
+        for article in items:
             click.echo(f"    - {article}")
     for target in report.targets:
         what = "email(s)" if target.kind == "email" else "post(s)"
         where = f" -> {target.folder}" if target.folder else ""
-        extra = f", {target.failed} failed" if target.failed else ""
-        extra += f", {target.skipped} already done" if target.skipped else ""
-        click.echo(f"  {target.channel}: {target.sent} {what}{extra}{where}")
+        if target.pending and not (target.sent or target.failed):
+            line = f"{target.pending} {what} waiting"
+        else:
+            line = f"{target.sent} {what}"
+            line += f", {target.failed} failed" if target.failed else ""
+            line += f", {target.pending} waiting" if target.pending else ""
+        line += f", {target.skipped} already done" if target.skipped else ""
+        line += f", {target.dropped} no longer due" if target.dropped else ""
+        click.echo(f"  {target.channel}: {line}{where}")
         for error in target.errors[:5]:
             click.echo(f"    failed: {error}", err=True)
+    if report.error:
+        click.echo(f"  stopped: {report.error}", err=True)
     if report.preview:
         click.echo(f"  preview: {report.preview}")
+
+
+_SETTLED = {
+    "sent": "found delivered",
+    "pending": "to send again",
+    "unknown": "outcome unknown: check the platform, then `distributor retry --unknown`",
+}
+
+
+def _recover(pipeline: Pipeline, *, everything: bool = False) -> Recovery:
+    """Settle what a crash left in flight, and send on what it interrupted; print it."""
+    recovery = pipeline.recover(everything=everything)
+    for channel, counts in recovery.settled.items():
+        said = "; ".join(f"{n} {_SETTLED.get(status, status)}" for status, n in counts.items())
+        click.echo(f"after a crash, {channel}: {said}")
+    for report in recovery.editions:
+        _print_run(report, pipeline.config, articles=False)
+    return recovery
 
 
 @cli.command("run-once")
@@ -249,6 +312,7 @@ def run_once(
     """Run one schedule now, end to end."""
     with state.pipeline() as pipeline:
         schedule, fire_time = _fire_time(pipeline.config, schedule_name, at)
+        recovered = None if dry_run else _recover(pipeline)
         ingest_failed = False
         if not no_ingest:
             ingest_report = pipeline.ingest()
@@ -257,7 +321,7 @@ def run_once(
                 _print_ingest(ingest_report)
         report = pipeline.run(schedule, fire_time, dry_run=dry_run)
     _print_run(report, pipeline.config)
-    sys.exit(1 if report.failed or ingest_failed else 0)
+    sys.exit(1 if report.failed or ingest_failed or (recovered and recovered.failed) else 0)
 
 
 # --- run (the daemon) ------------------------------------------------------------------------
@@ -278,6 +342,8 @@ def run(state: State, run_now: bool, once: bool) -> None:
     def fire(schedule: Any, fire_time: datetime) -> None:
         nonlocal failed
         with lock:  # one pipeline run at a time in the embedded mode
+            # What a hold or a crash (of another process) left owed goes out first.
+            failed = _recover(pipeline, everything=True).failed or failed
             ingest_report = pipeline.ingest()
             if ingest_report.failed:
                 _print_ingest(ingest_report)
@@ -287,11 +353,12 @@ def run(state: State, run_now: bool, once: bool) -> None:
             _print_run(report, pipeline.config)
 
     try:
+        failed = _recover(pipeline, everything=True).failed
         if run_now or once:
             click.echo("ingest:")
             ingest_report = pipeline.ingest()
             _print_ingest(ingest_report)
-            failed = ingest_report.failed
+            failed = failed or ingest_report.failed
             now = datetime.now(UTC)
             for schedule in config.schedules:
                 report = pipeline.run(schedule, scheduling.latest_fire_time(schedule, now))
@@ -331,7 +398,7 @@ def _serve(config: Config, fire: Callable[[Any, datetime], None]) -> None:
 @click.option("--channel", help="Only this channel.")
 @click.option(
     "--status",
-    type=click.Choice(["pending", "sending", "sent", "failed", "unknown", "dry-run"]),
+    type=click.Choice([s.value for s in DeliveryStatus]),
     help="Only this status.",
 )
 @click.option("--limit", default=50, show_default=True)
@@ -365,6 +432,137 @@ def deliveries(
             f"{when}  {row.status:<8} {row.schedule:<16} {row.channel:<14} "
             f"{row.recipient:<30} {row.message_key[:40]}{reason}"
         )
+
+
+# --- editions: hold, release, approve, retry -----------------------------------------------------
+
+
+@cli.command()
+@click.argument("schedule_name", metavar="[SCHEDULE]", required=False)
+@click.option("--reason", help="Why; shown with every edition it holds.")
+@click.pass_obj
+def hold(state: State, schedule_name: str | None, reason: str | None) -> None:
+    """Stop all sending, or one schedule's, at once. Nothing queued is lost: editions are
+    still prepared and wait, held, until `distributor release`."""
+    with state.pipeline() as pipeline, _usage():
+        new = pipeline.hold(schedule_name, reason)
+    what = f"schedule {schedule_name}" if schedule_name else "all sending"
+    why = f": {reason}" if reason else ""
+    click.echo(f"{'held' if new else 'still held'}: {what}{why}")
+    click.echo(
+        "editions are still prepared; nothing is sent until "
+        f"`distributor release{' ' + schedule_name if schedule_name else ''}`"
+    )
+
+
+@cli.command()
+@click.argument("schedule_name", metavar="[SCHEDULE]", required=False)
+@click.pass_obj
+def release(state: State, schedule_name: str | None) -> None:
+    """Restart all sending (every hold), or one schedule's, and send what the held editions
+    owe right away."""
+    with state.pipeline() as pipeline, _usage():
+        recovery = _recover(pipeline)
+        report = pipeline.release(schedule_name)
+        for lifted in report.lifted:
+            scope = "all sending" if lifted.scope == ALL_SCHEDULES else f"schedule {lifted.scope}"
+            click.echo(f"released: {scope}")
+        if not report.lifted:
+            what = f"schedule {schedule_name} was not held" if schedule_name else "no hold to lift"
+            click.echo(what)
+        if report.still_held:
+            click.echo(f"note: {report.still_held}; `distributor release` lifts it")
+        for edition in report.editions:
+            _print_run(edition, pipeline.config, articles=False)
+        if not report.editions:
+            click.echo("no held edition was waiting")
+    sys.exit(1 if report.failed or recovery.failed else 0)
+
+
+@cli.command()
+@click.argument("edition_id", type=int)
+@click.pass_obj
+def approve(state: State, edition_id: int) -> None:
+    """Approve edition EDITION_ID (see `distributor editions`) and send it now."""
+    with state.pipeline() as pipeline, _usage():
+        recovery = _recover(pipeline)
+        report = pipeline.approve(edition_id)
+        _print_run(report, pipeline.config, articles=False)
+    sys.exit(1 if report.failed or recovery.failed else 0)
+
+
+@cli.command()
+@click.option("--schedule", "schedule_name", help="Only this schedule.")
+@click.option(
+    "--state",
+    "edition_state",
+    type=click.Choice(["selected", "held", "delivering", "done", "partial", "failed", "skipped"]),
+    help="Only editions in this state.",
+)
+@click.option("--limit", default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def editions(
+    state: State, schedule_name: str | None, edition_state: str | None, limit: int, as_json: bool
+) -> None:
+    """Recent editions, newest first: state, reason and what became of their deliveries."""
+    with state.pipeline() as pipeline, _usage():
+        rows = pipeline.editions(schedule=schedule_name, state=edition_state, limit=limit)
+    if as_json:
+        _dump([row.as_json() for row in rows])
+        return
+    if not rows:
+        click.echo("no editions match")
+        return
+    click.echo(
+        f"{'ID':>5}  {'SCHEDULE':<18} {'FIRE TIME':<21} {'STATE':<10} "
+        f"{'SENT':>5} {'FAILED':>6} {'PENDING':>7}  REASON"
+    )
+    for row in rows:
+        fire_time = f"{row.fire_time:%Y-%m-%d %H:%M %Z}"
+        click.echo(
+            f"{row.row.id:>5}  {row.row.schedule:<18} {fire_time:<21} "
+            f"{row.row.state:<10} {row.count(DeliveryStatus.SENT):>5} "
+            f"{row.count(DeliveryStatus.FAILED):>6} {row.count(DeliveryStatus.PENDING):>7}  "
+            f"{row.row.reason or ''}".rstrip()
+        )
+
+
+@cli.command()
+@click.option("--schedule", "schedule_name", help="Only this schedule.")
+@click.option("--channel", help="Only this channel.")
+@click.option(
+    "--unknown",
+    is_flag=True,
+    help="Also send again the posts whose outcome a crash left unknown (check them first).",
+)
+@click.pass_obj
+def retry(state: State, schedule_name: str | None, channel: str | None, unknown: bool) -> None:
+    """Send again what failed for a passing reason. Permanent failures are never retried."""
+    with state.pipeline() as pipeline, _usage():
+        recovery = _recover(pipeline)
+        report = pipeline.retry(schedule=schedule_name, channel=channel, unknown=unknown)
+        if report.requeued:
+            click.echo(
+                f"retrying {report.requeued} deliver{'y' if report.requeued == 1 else 'ies'}"
+            )
+        else:
+            click.echo("nothing to retry")
+        for edition in report.editions:
+            _print_run(edition, pipeline.config, articles=False)
+    for error in report.errors:
+        click.echo(f"error: {error}", err=True)
+    if report.permanent:
+        click.echo(
+            f"{report.permanent} failed for good and not retried "
+            "(`distributor deliveries --status failed` shows why)"
+        )
+    if report.unknown:
+        click.echo(
+            f"{report.unknown} with an unknown outcome: check the platform, "
+            "then `distributor retry --unknown`"
+        )
+    sys.exit(1 if report.failed or recovery.failed else 0)
 
 
 # --- db --------------------------------------------------------------------------------------

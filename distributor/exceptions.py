@@ -8,6 +8,7 @@
     ├── SourceError                 a source could not be read (the run goes on; exit 1)
     ├── TemplateError               a template failed to load or render (names template and line)
     ├── StoreError                  the database refused or is out of date
+    ├── UnknownEditionError         no edition has the id an operator typed (exit 2)
     └── DeliveryError               a channel could not deliver a message
         ├── TransientDeliveryError  a passing failure: retry later (SMTP 4xx, HTTP 429/5xx, drops)
         └── PermanentDeliveryError  retrying will not help (SMTP 5xx, HTTP 4xx, bad address)
@@ -88,6 +89,14 @@ class TemplateError(DistributorError):
 
 class StoreError(DistributorError):
     """The database could not do what was asked."""
+
+
+class UnknownEditionError(DistributorError, LookupError):
+    """No edition has this id."""
+
+    def __init__(self, edition_id: int) -> None:
+        self.edition_id = edition_id
+        super().__init__(f"no edition {edition_id}; `distributor editions` lists them")
 
 
 class DeliveryError(DistributorError):

@@ -127,11 +127,15 @@ class Message:
 
 
 class DeliveryStatus(StrEnum):
+    """A delivery's life: pending -> sending -> sent | failed | unknown; or pending -> skipped
+    (nothing left to send it to); dry-run records what a dry run would have sent."""
+
     PENDING = "pending"
     SENDING = "sending"
     SENT = "sent"
     FAILED = "failed"
     UNKNOWN = "unknown"
+    SKIPPED = "skipped"
     DRY_RUN = "dry-run"
 
 

@@ -2,10 +2,12 @@
 
 The CLI, the scheduler and (later) the web app call this module and nothing below it.
 
-An edition's life: ``selected`` -> ``delivering`` -> ``done`` | ``partial`` | ``failed``, or
-``skipped`` with a reason. The edition row is claimed before anything is rendered or sent, and
-every delivery is written as a ``pending`` row before it is attempted, so a second run of the
-same schedule and fire time finds the edition and sends nothing twice.
+An edition's life: ``selected`` -> (``held``) -> ``delivering`` -> ``done`` | ``partial`` |
+``failed``, or ``skipped`` with a reason. The edition row is claimed before anything is rendered
+or sent, and every delivery is written as a ``pending`` row before it is attempted, so a second
+run of the same schedule and fire time finds the edition and sends nothing twice. An edition is
+``held``, its outbox written and nothing sent, while it waits for approval or an operator holds
+its schedule (or all sending); :mod:`distributor.delivery` sends, retries and reconciles.
 """
 
 from __future__ import annotations
@@ -14,9 +16,8 @@ import json
 import logging
 import os
 import secrets
-import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Container, Iterator, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -26,80 +27,41 @@ import httpx
 from distributor import selection
 from distributor.channels.base import Channel
 from distributor.config import Config, Schedule, Target, parse_duration
+from distributor.delivery import EditionSummary, Outbox, Plan
 from distributor.exceptions import (
-    DeliveryError,
     DistributorError,
     SourceError,
     TemplateError,
-    TransientDeliveryError,
+    UnknownEditionError,
 )
-from distributor.models import Article, DeliveryStatus, Edition, Message, Section, Subscriber
+from distributor.models import (
+    Article,
+    DeliveryStatus,
+    Edition,
+    Message,
+    Section,
+    Subscriber,
+)
 from distributor.rendering import environment
 from distributor.rendering.context import preview_index, template_context
 from distributor.rendering.email import RenderedDigest, message_id, render_digest
 from distributor.rendering.posts import counted_length, render_post
+from distributor.reports import (
+    IngestReport,
+    Recovery,
+    ReleaseReport,
+    RetryReport,
+    RunReport,
+    SourceReport,
+)
 from distributor.sources.base import PopularitySource, Source
-from distributor.store import EditionRow, Store
+from distributor.store import ALL_SCHEDULES, DeliveryRow, EditionRow, Store
 from distributor.text import normalise_url
 from distributor.tokens import sign
 
 log = logging.getLogger(__name__)
 
 FINAL_STATES = frozenset({"done", "partial", "failed", "skipped"})
-# Within one run a passing failure is tried this often; `distributor retry` takes it from there.
-ATTEMPTS = 3
-MAX_INLINE_WAIT = 30.0
-
-
-# --- reports ---------------------------------------------------------------------------------
-
-
-@dataclass(kw_only=True)
-class SourceReport:
-    name: str
-    new: int = 0
-    changed: int = 0
-    unchanged: int = 0
-    not_modified: bool = False
-    error: str | None = None
-
-
-@dataclass(kw_only=True)
-class IngestReport:
-    sources: list[SourceReport] = field(default_factory=list)
-
-    @property
-    def failed(self) -> bool:
-        return any(s.error for s in self.sources)
-
-
-@dataclass(kw_only=True)
-class TargetReport:
-    channel: str
-    kind: str
-    sent: int = 0
-    failed: int = 0
-    skipped: int = 0
-    folder: str | None = None
-    errors: list[str] = field(default_factory=list)
-
-
-@dataclass(kw_only=True)
-class RunReport:
-    schedule: str
-    fire_time: datetime
-    state: str
-    reason: str | None = None
-    edition_id: int | None = None
-    sections: list[tuple[str, list[str]]] = field(default_factory=list)
-    targets: list[TargetReport] = field(default_factory=list)
-    preview: Path | None = None
-    already: bool = False
-    dry_run: bool = False
-
-    @property
-    def failed(self) -> bool:
-        return self.state in {"failed", "partial"}
 
 
 # --- the pipeline ----------------------------------------------------------------------------
@@ -119,14 +81,23 @@ class Pipeline:
         self.config = config
         self.store = store
         self.env = os.environ if env is None else env
-        self.client = client or httpx.Client(headers={"User-Agent": "distributor/0.1"})
+        self._client = client
         self.templates = environment(config.templates_dir)
+        self.outbox = Outbox(store, kind_of=self._kind)
         self._channels: dict[str, Channel] = {}
 
     def close(self) -> None:
         for channel in self._channels.values():
             channel.close()
-        self.client.close()
+        if self._client is not None:
+            self._client.close()
+
+    @property
+    def client(self) -> httpx.Client:
+        """The HTTP client of sources, made when first needed (most commands read no source)."""
+        if self._client is None:
+            self._client = httpx.Client(headers={"User-Agent": "distributor/0.1"})
+        return self._client
 
     # --- plugins -----------------------------------------------------------------------------
 
@@ -215,7 +186,8 @@ class Pipeline:
         exclude: set[str] | None = None
         for target in schedule.deliver:
             if target.only_new:
-                sent = self.store.sent_article_ids(target.channel)
+                # Sent, or waiting in another edition (a held one): not new here.
+                sent = self.store.taken_article_ids(target.channel)
                 exclude = sent if exclude is None else exclude & sent
         return selection.build_edition(
             schedule.key,
@@ -402,7 +374,11 @@ class Pipeline:
     # --- running an edition ------------------------------------------------------------------
 
     def run(self, schedule: Schedule, fire_time: datetime, *, dry_run: bool = False) -> RunReport:
-        """Run ``schedule`` for its nominal ``fire_time``: at most once, whatever happens."""
+        """Run ``schedule`` for its nominal ``fire_time``: at most once, whatever happens.
+
+        While sending is held, or the edition waits for approval, it is still selected,
+        rendered and its outbox written; then it is ``held`` and nothing is sent.
+        """
         fire_time = fire_time.astimezone(UTC).replace(microsecond=0)
         if not dry_run:
             existing = self.store.find_edition(schedule.key, fire_time)
@@ -428,7 +404,7 @@ class Pipeline:
         if not created:
             if row.state in FINAL_STATES:
                 return self._report_existing(schedule, row)
-            # Left unfinished by a crash or a stop: carry on with what was selected then.
+            # Left unfinished by a crash or a stop, or held: carry on with what was selected.
             edition = self._edition_from_row(row)
         report.edition_id = row.id
         report.sections = [(s.title, [a.title for a in s.articles]) for s in edition.sections]
@@ -440,29 +416,66 @@ class Pipeline:
             plans = [self._plan(schedule, edition, row.id, target) for target in schedule.deliver]
         except TemplateError as exc:
             # Nothing was sent: an edition is never sent half-broken.
-            self.store.set_edition_state(row.id, "failed", str(exc))
+            self.outbox.fail(row.id, str(exc))
             report.state, report.reason = "failed", str(exc)
             return report
-        self.store.set_edition_state(row.id, "delivering")
-        for target, messages in plans:
-            report.targets.append(self._deliver(row.id, target, messages, dry_run=dry_run))
-        report.state = _final_state(report.targets)
-        self.store.set_edition_state(row.id, report.state)
+        return self._send(schedule, row, plans, report)
+
+    def resume(self, schedule: Schedule, row: EditionRow) -> RunReport:
+        """Send what is still pending of edition ``row``: held, interrupted, or put back by
+        `retry`. Its outbox is not added to: what was planned (and approved) is what goes."""
+        edition = self._edition_from_row(row)
+        report = RunReport(
+            schedule=schedule.key,
+            fire_time=row.fire_time,
+            state=row.state,
+            reason=row.reason,
+            edition_id=row.id,
+            sections=[(s.title, [a.title for a in s.articles]) for s in edition.sections],
+            preview=_page_to_open(self.preview_folder(schedule.key, row.fire_time)),
+        )
+        pending = self.store.deliveries_of(row.id, status=DeliveryStatus.PENDING.value)
+        if pending and (reason := self.outbox.gate(schedule, row.id)):
+            return self._note_approval(
+                schedule, row, report.update(self.outbox.hold(row.id, reason))
+            )
+        wanted = {(d.channel, d.recipient, d.message_key) for d in pending}
+        channels = {d.channel for d in pending}
+        try:
+            plans = [
+                self._plan(schedule, edition, row.id, target, wanted=wanted)
+                for target in schedule.deliver
+                if target.channel in channels
+            ]
+        except TemplateError as exc:
+            # Left as it is: once the template is fixed, `release` or `retry` sends it.
+            self.store.set_edition_state(row.id, row.state, str(exc))
+            report.reason = report.error = str(exc)
+            return report
+        return self._send(schedule, row, plans, report)
+
+    def _send(
+        self, schedule: Schedule, row: EditionRow, plans: Sequence[Plan], report: RunReport
+    ) -> RunReport:
+        outcome = self.outbox.send_edition(
+            row.id, plans, dry_run=report.dry_run, gate=lambda: self.outbox.gate(schedule, row.id)
+        )
+        return self._note_approval(schedule, row, report.update(outcome))
+
+    def _note_approval(self, schedule: Schedule, row: EditionRow, report: RunReport) -> RunReport:
+        if report.state == "held":
+            report.awaiting_approval = self.outbox.approval_needed(schedule, row.id) is not None
         return report
 
+    def _kind(self, channel: str) -> str:
+        if channel in self.config.channels:
+            return self.channel(channel).message_kind
+        return "post"  # a channel no longer configured: never resent blindly
+
+    def _schedule(self, name: str) -> Schedule | None:
+        return next((s for s in self.config.schedules if s.key == name), None)
+
     def _report_existing(self, schedule: Schedule, row: EditionRow) -> RunReport:
-        counts: dict[str, TargetReport] = {}
-        for delivery in self.store.deliveries_of(row.id):
-            item = counts.setdefault(
-                delivery.channel,
-                TargetReport(
-                    channel=delivery.channel, kind=self.channel(delivery.channel).message_kind
-                ),
-            )
-            if delivery.status == DeliveryStatus.SENT:
-                item.sent += 1
-            elif delivery.status == DeliveryStatus.FAILED:
-                item.failed += 1
         return RunReport(
             schedule=schedule.key,
             fire_time=row.fire_time,
@@ -473,45 +486,68 @@ class Pipeline:
                 (s["title"], [a.title for i in s["ids"] if (a := self.store.article(i))])
                 for s in row.sections
             ],
-            targets=list(counts.values()),
+            targets=self.outbox.targets_of(row.id),
             already=True,
             preview=_page_to_open(self.preview_folder(schedule.key, row.fire_time)),
         )
 
     def _plan(
-        self, schedule: Schedule, edition: Edition, edition_id: int, target: Target
-    ) -> tuple[Target, Iterator[Message]]:
-        """Render everything the target needs and write its outbox rows, then stream messages."""
+        self,
+        schedule: Schedule,
+        edition: Edition,
+        edition_id: int,
+        target: Target,
+        *,
+        wanted: Container[tuple[str, str, str]] | None = None,
+    ) -> Plan:
+        """Render what the target needs and write its outbox rows; the messages come later.
+
+        With ``wanted`` (channel, recipient, message key), write nothing and render only what
+        those deliveries need: the edition's outbox exists already.
+        """
         channel = self.channel(target.channel)
         ref = edition_ref(schedule.key, edition.fire_time)
         if channel.message_kind == "post":
-            sent = self.store.sent_article_ids(channel.name) if target.only_new else set()
-            narrowed = _without(edition, sent)
-            posts = self.render_posts(schedule, narrowed, target, channel)
-            self.store.add_deliveries(
-                edition_id,
-                [
-                    {
-                        "channel": p.channel,
-                        "recipient": p.recipient,
-                        "message_key": p.key,
-                        "article_ids": p.article_ids,
-                    }
-                    for p in posts
-                ],
+            taken = set()
+            if target.only_new:
+                taken = self.store.taken_article_ids(channel.name, except_edition=edition_id)
+            posts = self.render_posts(schedule, _without(edition, taken), target, channel)
+            if wanted is None:
+                self.store.add_deliveries(
+                    edition_id,
+                    [
+                        {
+                            "channel": p.channel,
+                            "recipient": p.recipient,
+                            "message_key": p.key,
+                            "article_ids": p.article_ids,
+                        }
+                        for p in posts
+                    ],
+                )
+            return Plan(
+                channel=channel,
+                messages=lambda keys: (p for p in posts if (p.recipient, p.key) in keys),
             )
-            return target, iter(posts)
         assert target.audience is not None  # checked when the configuration was loaded
+        audience = target.audience.list
         variants: dict[tuple[str, ...], RenderedDigest | None] = {}
-        rows = []
-        for subscriber in self.store.audience(target.audience.list):
+
+        def variant(subscriber: Subscriber) -> RenderedDigest | None:
             topics = tuple(sorted({t.casefold() for t in subscriber.topics}))
             if topics not in variants:
                 mine = selection.restrict_to_topics(edition, topics)
                 variants[topics] = (
                     self.render_email(schedule, mine, target.template) if mine.articles else None
                 )
-            if variants[topics] is not None:
+            return variants[topics]
+
+        rows = []
+        for subscriber in self.store.audience(audience):
+            if wanted is not None and (channel.name, subscriber.email, "digest") not in wanted:
+                continue
+            # Every variant is rendered before anything is sent, so a broken one sends nothing.
+            if variant(subscriber) is not None and wanted is None:
                 rows.append(
                     {
                         "channel": channel.name,
@@ -523,14 +559,15 @@ class Pipeline:
             if len(rows) >= 1000:
                 self.store.add_deliveries(edition_id, rows)
                 rows = []
-        self.store.add_deliveries(edition_id, rows)
+        if rows:
+            self.store.add_deliveries(edition_id, rows)
         key = self.secret_key()
 
-        def messages() -> Iterator[Message]:
-            assert target.audience is not None
-            for subscriber in self.store.audience(target.audience.list):
-                topics = tuple(sorted({t.casefold() for t in subscriber.topics}))
-                digest = variants.get(topics)
+        def messages(keys: Container[tuple[str, str]]) -> Iterator[Message]:
+            for subscriber in self.store.audience(audience):
+                if (subscriber.email, "digest") not in keys:
+                    continue
+                digest = variant(subscriber)
                 if digest is None:
                     continue
                 yield self.email_message(
@@ -543,71 +580,133 @@ class Pipeline:
                     key=key,
                 )
 
-        return target, messages()
+        return Plan(channel=channel, messages=messages)
 
-    def _deliver(
-        self, edition_id: int, target: Target, messages: Iterator[Message], *, dry_run: bool
-    ) -> TargetReport:
-        channel = self.channel(target.channel)
-        report = TargetReport(channel=channel.name, kind=channel.message_kind)
-        folder = getattr(channel, "folder", None)
-        report.folder = str(folder) if folder is not None else None
-        pending = {
-            (d.recipient, d.message_key): d.id
-            for d in self.store.deliveries_of(edition_id, status=DeliveryStatus.PENDING.value)
-            if d.channel == channel.name
-        }
-        for message in messages:
-            delivery_id = pending.get((message.recipient, message.key))
-            if delivery_id is None:  # sent already, or taken by another process
-                report.skipped += 1
-                continue
-            if dry_run:
-                self.store.finish_delivery(delivery_id, DeliveryStatus.DRY_RUN)
-                report.sent += 1
-                continue
-            if not self.store.start_delivery(delivery_id):
-                report.skipped += 1
-                continue
-            self._attempt(delivery_id, channel, message, report)
+    # --- holds, approval, retries and what a crash left ------------------------------------------
+
+    def hold(self, schedule: str | None, reason: str | None) -> bool:
+        """Stop the sending of ``schedule`` (None: of everything) at once; False if it was held
+        already. Runs go on selecting and writing their outbox; nothing is sent."""
+        if schedule is not None:
+            self.config.schedule(schedule)  # an unknown name is a ConfigError
+        return self.store.hold(schedule or ALL_SCHEDULES, reason)
+
+    def release(self, schedule: str | None) -> ReleaseReport:
+        """Lift the hold on ``schedule`` (None: every hold) and send what the held editions of
+        that schedule (or of all) owe, unless they wait for approval or another hold."""
+        if schedule is not None:
+            self.config.schedule(schedule)
+        report = ReleaseReport(lifted=self.store.release(schedule))
+        if schedule is not None:
+            report.still_held = self.outbox.hold_reason(schedule)
+        for row in reversed(
+            self.store.editions(schedule=schedule, states=["held"], dry_run=False, limit=None)
+        ):
+            if (owner := self._schedule(row.schedule)) is not None:
+                report.editions.append(self.resume(owner, row))
         return report
 
-    def _attempt(
-        self, delivery_id: int, channel: Channel, message: Message, report: TargetReport
-    ) -> None:
-        for attempt in range(1, ATTEMPTS + 1):
-            try:
-                result = channel.send(message)
-            except TransientDeliveryError as exc:
-                if attempt < ATTEMPTS:
-                    time.sleep(min(exc.retry_after or 2.0**attempt, MAX_INLINE_WAIT))
-                    continue
-                self._failed(delivery_id, "transient", exc.reason, report, message)
-                return
-            except DeliveryError as exc:
-                self._failed(delivery_id, "permanent", exc.reason, report, message)
-                return
-            except DistributorError as exc:
-                self._failed(delivery_id, "permanent", str(exc), report, message)
-                return
-            self.store.finish_delivery(delivery_id, DeliveryStatus.SENT, remote_id=result.remote_id)
-            report.sent += 1
-            return
+    def approve(self, edition_id: int) -> RunReport:
+        """Approve an edition and send it now (unless sending is held: then on release)."""
+        row = self.store.edition(edition_id)
+        if row is None or row.dry_run:
+            raise UnknownEditionError(edition_id)
+        schedule = self.config.schedule(row.schedule)
+        self.store.approve_edition(row.id)
+        if row.state != "held":
+            report = self._report_existing(schedule, row)
+            report.already = False
+            report.note = f"edition {row.id} is {row.state}: it was not waiting for approval"
+            return report
+        report = self.resume(schedule, row)
+        report.note = f"edition {row.id} approved"
+        return report
 
-    def _failed(
-        self,
-        delivery_id: int,
-        error_class: str,
-        reason: str,
-        report: TargetReport,
-        message: Message,
-    ) -> None:
-        self.store.finish_delivery(
-            delivery_id, DeliveryStatus.FAILED, error_class=error_class, error=reason
+    def retry(
+        self, *, schedule: str | None = None, channel: str | None = None, unknown: bool = False
+    ) -> RetryReport:
+        """Send again what failed for a passing reason (and, with ``unknown``, the posts whose
+        outcome a crash hid). Permanent failures are never sent again."""
+        if schedule is not None:
+            self.config.schedule(schedule)
+        if channel is not None:
+            self.config.channel(channel)  # an unknown name is a ConfigError
+        requeued = self.store.requeue(unknown=unknown, schedule=schedule, channel=channel)
+        report = RetryReport(
+            requeued=len(requeued),
+            permanent=self.store.count_deliveries(
+                status=DeliveryStatus.FAILED.value,
+                error_class="permanent",
+                schedule=schedule,
+                channel=channel,
+            ),
+            unknown=self.store.count_deliveries(
+                status=DeliveryStatus.UNKNOWN.value, schedule=schedule, channel=channel
+            ),
         )
-        report.failed += 1
-        report.errors.append(f"{message.recipient}: {reason}")
-        log.warning("delivery to %s on %s failed: %s", message.recipient, message.channel, reason)
+        for edition_id in sorted({d.edition_id for d in requeued}):
+            row = self.store.edition(edition_id)
+            owner = self._schedule(row.schedule) if row else None
+            if row is None or owner is None:
+                report.errors.append(f"edition {edition_id}: its schedule is no longer configured")
+                continue
+            report.editions.append(self.resume(owner, row))
+        return report
+
+    def recover(self, *, everything: bool = False) -> Recovery:
+        """Settle the deliveries a crash left in ``sending``, then send what their editions
+        still owe. ``everything``: resume every unfinished edition too (the daemon, on start).
+
+        Each row is first checked with its channel (``Channel.confirm``); see
+        :func:`distributor.delivery.reconciled`. Rows a live process is sending are left alone.
+        """
+        settled = self.outbox.reconcile(
+            messages_of=self._messages_of,
+            channel_of=lambda name: self.channel(name) if name in self.config.channels else None,
+            edition_ref=lambda row: edition_ref(row.schedule, row.fire_time),
+        )
+        recovery = Recovery(settled=settled.settled)
+        states = ["held", "delivering", "selected"] if everything else ["delivering"]
+        for row in reversed(self.store.editions(states=states, dry_run=False, limit=None)):
+            owner = self._schedule(row.schedule)
+            if owner is None or (not everything and row.id not in settled.editions):
+                continue
+            if row.state == "held" and self.outbox.gate(owner, row.id):
+                continue  # still held: nothing new to say
+            if row.state == "selected":  # a crash while its outbox was written
+                recovery.editions.append(self.run(owner, row.fire_time))
+            else:
+                recovery.editions.append(self.resume(owner, row))
+        return recovery
+
+    def _messages_of(
+        self, row: EditionRow, deliveries: Sequence[DeliveryRow]
+    ) -> dict[tuple[str, str, str], Message]:
+        """The messages of some deliveries of an edition, rendered again (as far as possible)."""
+        schedule = self._schedule(row.schedule)
+        if schedule is None:
+            return {}
+        wanted = {(d.channel, d.recipient, d.message_key) for d in deliveries}
+        edition = self._edition_from_row(row)
+        found: dict[tuple[str, str, str], Message] = {}
+        try:
+            for target in schedule.deliver:
+                plan = self._plan(schedule, edition, row.id, target, wanted=wanted)
+                keys = {(r, k) for c, r, k in wanted if c == plan.channel.name}
+                for message in plan.messages(keys):
+                    found[(message.channel, message.recipient, message.key)] = message
+        except DistributorError as exc:
+            log.warning("cannot render edition %s again: %s", row.id, exc)
+        return found
+
+    def editions(
+        self, *, schedule: str | None = None, state: str | None = None, limit: int = 50
+    ) -> list[EditionSummary]:
+        """Recent editions, newest first, with how many of their deliveries are where."""
+        if schedule is not None:
+            self.config.schedule(schedule)
+        zones = {s.key: s.trigger.timezone for s in self.config.schedules}
+        return self.outbox.summaries(zones, schedule=schedule, state=state, limit=limit)
 
 
 def _page_to_open(folder: Path) -> Path | None:
@@ -616,14 +715,6 @@ def _page_to_open(folder: Path) -> Path | None:
         return None
     emails = sorted(folder.glob("email-*.html"))
     return emails[0] if emails else folder / "index.html"
-
-
-def _final_state(targets: Sequence[TargetReport]) -> str:
-    sent = sum(t.sent for t in targets)
-    failed = sum(t.failed for t in targets)
-    if failed and not sent:
-        return "failed"
-    return "partial" if failed else "done"
 
 
 def _without(edition: Edition, ids: set[str]) -> Edition:

@@ -50,6 +50,7 @@ TABLES = {
     "deliveries",
     "subscribers",
     "subscriber_lists",
+    "holds",
 }
 
 
@@ -153,7 +154,7 @@ def test_open_migrates_sqlite_automatically(tmp_path: Path) -> None:
     store = Store.open(f"sqlite:///{path}")
     try:
         assert path.exists()
-        assert migrate.current_revision(store.engine) == migrate.head_revision() == "0001"
+        assert migrate.current_revision(store.engine) == migrate.head_revision() == "0002"
         assert set(inspect(store.engine).get_table_names()) >= TABLES
         assert store.count_articles() == 0
     finally:
@@ -419,21 +420,22 @@ def test_finish_delivery_clears_an_earlier_error(store: Store) -> None:
     )
 
 
-def test_sent_article_ids(store: Store) -> None:
+def test_taken_article_ids(store: Store) -> None:
+    """What an edition with ``only_new`` leaves out: sent, being sent, or waiting elsewhere."""
     eid = edition_id(store)
     store.add_deliveries(
         eid,
         [
-            {"channel": "x", "recipient": "@acct", "message_key": "a1", "article_ids": ["a1"]},
-            {"channel": "x", "recipient": "@acct", "message_key": "a2", "article_ids": ["a2"]},
-            {"channel": "x", "recipient": "@acct", "message_key": "a3", "article_ids": ["a3"]},
-            {"channel": "x", "recipient": "@acct", "message_key": "a4", "article_ids": ["a4"]},
+            {"channel": "x", "recipient": "@acct", "message_key": k, "article_ids": [k]}
+            for k in ("a1", "a2", "a3", "a4", "a5")
+        ]
+        + [
             {
                 "channel": "slack",
                 "recipient": "#news",
                 "message_key": "d",
-                "article_ids": ["a5", "a6"],
-            },
+                "article_ids": ["a6", "a7"],
+            }
         ],
     )
     by_key = {d.message_key: d.id for d in store.deliveries_of(eid)}
@@ -442,11 +444,141 @@ def test_sent_article_ids(store: Store) -> None:
     store.start_delivery(by_key["a2"])  # sending: may have gone out, so it counts
     store.start_delivery(by_key["a3"])
     store.finish_delivery(by_key["a3"], DeliveryStatus.FAILED, error_class="permanent")
+    store.start_delivery(by_key["a5"])
+    store.finish_delivery(by_key["a5"], DeliveryStatus.UNKNOWN)
     store.start_delivery(by_key["d"])
     store.finish_delivery(by_key["d"], DeliveryStatus.SENT)
-    assert store.sent_article_ids("x") == {"a1", "a2"}
-    assert store.sent_article_ids("slack") == {"a5", "a6"}
-    assert store.sent_article_ids("telegram") == set()
+    # a4 waits, pending: another edition must not take it up meanwhile.
+    assert store.taken_article_ids("x") == {"a1", "a2", "a4", "a5"}
+    assert store.taken_article_ids("slack") == {"a6", "a7"}
+    assert store.taken_article_ids("telegram") == set()
+    # The edition itself, planned again, does not stand in its own way.
+    assert store.taken_article_ids("x", except_edition=eid) == set()
+    # A dry run takes nothing.
+    dry, _ = store.claim_edition("daily", T0, state="selected", sections=[], dry_run=True)
+    store.add_deliveries(
+        dry.id, [{"channel": "x", "recipient": "@acct", "message_key": "a9", "article_ids": ["a9"]}]
+    )
+    assert "a9" not in store.taken_article_ids("x")
+
+
+def test_holds(store: Store) -> None:
+    assert store.holds() == []
+    assert store.hold_on("daily") is None
+    assert store.hold("daily", "a correction") is True
+    assert store.hold("daily", None) is False  # held already; the reason stays
+    (hold,) = store.holds()
+    assert (hold.scope, hold.reason, hold.describe) == (
+        "daily",
+        "a correction",
+        "schedule daily is held: a correction",
+    )
+    assert store.hold_on("weekly") is None
+    assert store.hold("*", None) is True
+    everything = store.hold_on("daily")
+    assert everything is not None and everything.describe == "all sending is held"
+    assert store.hold_on("weekly") == everything
+    assert [h.scope for h in store.release("*")] == ["*"]
+    assert store.hold_on("daily") == hold
+    assert store.release("*") == []
+    store.hold("*", "outage")
+    assert sorted(h.scope for h in store.release(None)) == ["*", "daily"]
+    assert store.holds() == []
+
+
+def test_holds_from_two_threads_at_once(store: Store) -> None:
+    assert sorted(race(2, lambda n: store.hold("*", f"reason {n}"))) == [False, True]
+    (hold,) = store.holds()
+    assert hold.reason in {"reason 0", "reason 1"}
+
+
+def test_approve_edition_and_counts(store: Store) -> None:
+    eid = edition_id(store)
+    fresh = store.edition(eid)
+    assert fresh is not None and fresh.approved_at is None
+    store.approve_edition(eid)
+    first = store.edition(eid)
+    assert first is not None and first.approved_at is not None
+    store.approve_edition(eid)  # the first approval is the one kept
+    assert store.edition(eid) == first
+    assert store.edition(eid + 100) is None
+    store.add_deliveries(eid, outbox("a@x.org", "b@x.org", "c@x.org"))
+    store.add_deliveries(eid, outbox("@acct", channel="x", key="p1"))
+    ids = {d.recipient: d.id for d in store.deliveries_of(eid)}
+    store.start_delivery(ids["a@x.org"])
+    store.finish_delivery(ids["a@x.org"], DeliveryStatus.SENT)
+    other = edition_id(store, "weekly")
+    assert store.delivery_counts([eid, other]) == {eid: {"sent": 1, "pending": 3}, other: {}}
+    assert store.deliveries_by_channel(eid) == {"email": 3, "x": 1}
+    assert store.count_deliveries(status="pending") == 3
+    assert store.count_deliveries(status="pending", channel="x") == 1
+    assert store.count_deliveries(status="pending", schedule="weekly") == 0
+    assert [e.id for e in store.editions(states=["selected"], dry_run=False)] == [other, eid]
+
+
+def test_requeue_puts_back_passing_failures_only(store: Store) -> None:
+    eid = edition_id(store)
+    store.add_deliveries(eid, outbox("a@x.org", "b@x.org", "c@x.org", "d@x.org"))
+    ids = {d.recipient: d.id for d in store.deliveries_of(eid)}
+    outcomes = {
+        "a@x.org": (DeliveryStatus.FAILED, "transient"),
+        "b@x.org": (DeliveryStatus.FAILED, "permanent"),
+        "c@x.org": (DeliveryStatus.UNKNOWN, "unknown"),
+        "d@x.org": (DeliveryStatus.SENT, None),
+    }
+    for recipient, (status, error_class) in outcomes.items():
+        store.start_delivery(ids[recipient])
+        store.finish_delivery(ids[recipient], status, error_class=error_class, error="why")
+    store.set_edition_state(eid, "partial")
+    assert store.requeue(channel="x") == []
+    assert store.requeue(schedule="weekly") == []
+    (again,) = store.requeue()
+    assert (again.recipient, again.status) == ("a@x.org", "failed")
+    assert store.requeue() == []  # pending now: not failed any more
+    (unknown,) = store.requeue(transient=False, unknown=True)
+    assert unknown.recipient == "c@x.org"
+    status = {d.recipient: d.status for d in store.deliveries_of(eid)}
+    assert status == {
+        "a@x.org": "pending",
+        "b@x.org": "failed",
+        "c@x.org": "pending",
+        "d@x.org": "sent",
+    }
+    edition = store.edition(eid)
+    assert edition is not None and edition.state == "delivering"
+
+
+def test_settle_delivery_only_if_still_left_as_it_was(store: Store) -> None:
+    eid = edition_id(store)
+    store.add_deliveries(eid, outbox("a@x.org", "b@x.org"))
+    ids = {d.recipient: d.id for d in store.deliveries_of(eid)}
+    assert store.start_delivery(ids["a@x.org"], claimant="h:1:dead")
+    # Another process took it meanwhile: not settled.
+    assert not store.settle_delivery(ids["a@x.org"], DeliveryStatus.PENDING, claimed_by="h:2:x")
+    assert store.settle_delivery(
+        ids["a@x.org"], DeliveryStatus.SENT, claimed_by="h:1:dead", remote_id="r1"
+    )
+    (row,) = [d for d in store.deliveries_of(eid) if d.recipient == "a@x.org"]
+    assert (row.status, row.remote_id, row.claimed_by) == ("sent", "r1", "h:1:dead")
+    assert row.sent_at is not None
+    # Not in sending: nothing to settle.
+    assert not store.settle_delivery(ids["b@x.org"], DeliveryStatus.PENDING, claimed_by=None)
+    assert store.start_delivery(ids["b@x.org"])  # no claimant recorded
+    assert store.settle_delivery(
+        ids["b@x.org"], DeliveryStatus.UNKNOWN, claimed_by=None, error="check it"
+    )
+    (row,) = [d for d in store.deliveries_of(eid) if d.recipient == "b@x.org"]
+    assert (row.status, row.error_class, row.last_error) == ("unknown", "unknown", "check it")
+
+
+def test_skip_deliveries_closes_only_pending_rows(store: Store) -> None:
+    eid = edition_id(store)
+    store.add_deliveries(eid, outbox("a@x.org", "b@x.org"))
+    ids = {d.recipient: d.id for d in store.deliveries_of(eid)}
+    store.start_delivery(ids["b@x.org"])
+    store.skip_deliveries(list(ids.values()), "unsubscribed")
+    rows = {d.recipient: (d.status, d.last_error) for d in store.deliveries_of(eid)}
+    assert rows == {"a@x.org": ("skipped", "unsubscribed"), "b@x.org": ("sending", None)}
 
 
 # --- articles -------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The channel interface: one required method, ``send``.
+"""The channel interface: one required method, ``send``; and ``confirm``, for after a crash.
 
 A channel delivers one :class:`~distributor.models.Message` to one recipient or account and
 either returns a :class:`~distributor.models.DeliveryResult` or raises a
@@ -66,6 +66,17 @@ class Channel(Plugin, abc.ABC):
     @abc.abstractmethod
     def send(self, message: Message) -> DeliveryResult:
         """Deliver ``message``; raise a DeliveryError subclass when it cannot."""
+
+    def confirm(self, message: Message) -> DeliveryResult | None:
+        """Was ``message`` delivered already? Asked after a crash, before any resend.
+
+        A process that died between handing a message over and recording the outcome leaves
+        the delivery in ``sending``. Return the result (with the platform's id) when the
+        platform shows the message was delivered; None when this channel cannot tell (the
+        default). Then an email goes back to pending (its Message-ID makes a repeat
+        recognisable) and a post becomes ``unknown``, for an operator to check.
+        """
+        return None
 
     def close(self) -> None:
         """Release connections. Called once when the run ends."""

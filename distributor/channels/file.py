@@ -33,6 +33,10 @@ PLATFORM_LIMITS: dict[str, int | None] = {
     "webhook": None,
 }
 
+# A local write that failed for a passing reason is tried again soon, not after a long backoff
+# that would not help within a run; `distributor retry` sends it later.
+LOCAL_RETRY_AFTER = 0.1
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9._@+-]+")
 
 
@@ -72,12 +76,23 @@ class FileChannel(Channel):
     def folder(self) -> Path:
         return (self.root / self.options.path).resolve()
 
-    def send(self, message: Message) -> DeliveryResult:
+    def path_of(self, message: Message) -> Path:
+        """Where ``message`` is written: the same name every time it is sent."""
         if self.message_kind == "email":
             name = _file_name(message.edition, message.recipient, message.key) + ".eml"
-            data = bytes(to_mime(message))
         else:
             name = _file_name(message.edition, message.key) + ".json"
+        return self.folder / name
+
+    def confirm(self, message: Message) -> DeliveryResult | None:
+        """Delivered if the file is there: it is written whole (renamed into place) or not."""
+        target = self.path_of(message)
+        return DeliveryResult(remote_id=str(target)) if target.is_file() else None
+
+    def send(self, message: Message) -> DeliveryResult:
+        if self.message_kind == "email":
+            data = bytes(to_mime(message))
+        else:
             post = {
                 "channel": self.name,
                 "platform": self.options.platform,
@@ -89,7 +104,7 @@ class FileChannel(Channel):
                 **dict(message.payload),
             }
             data = (json.dumps(post, ensure_ascii=False, indent=2) + "\n").encode()
-        target = self.folder / name
+        target = self.path_of(message)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             fd, temp = tempfile.mkstemp(dir=self.folder, prefix=".", suffix=".tmp")
@@ -99,5 +114,7 @@ class FileChannel(Channel):
         except PermissionError as exc:
             raise PermanentDeliveryError(f"cannot write {target}: {exc.strerror}") from exc
         except OSError as exc:  # a full disk, say: may pass
-            raise TransientDeliveryError(f"cannot write {target}: {exc.strerror}") from exc
+            raise TransientDeliveryError(
+                f"cannot write {target}: {exc.strerror}", retry_after=LOCAL_RETRY_AFTER
+            ) from exc
         return DeliveryResult(remote_id=str(target))

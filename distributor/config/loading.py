@@ -92,6 +92,21 @@ class Config:
             ]
         )
 
+    def channel(self, name: str) -> PluginSpec:
+        if name in self.channels:
+            return self.channels[name]
+        known = ", ".join(self.channels) or "none"
+        raise ConfigError(
+            [
+                Problem(
+                    file=str(self.path),
+                    line=None,
+                    key="channels",
+                    message=f"no channel named {name!r} (known: {known})",
+                )
+            ]
+        )
+
 
 def config_path(explicit: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path:
     """``--config``, else ``$DISTRIBUTOR_CONFIG``, else ``./distributor.yaml``."""

@@ -258,6 +258,21 @@ class Schedule(_Model):
     trigger: Trigger
     select: Selection
     deliver: list[Target] = Field(min_length=1)
+    approval: Literal["none", "required"] = Field(
+        default="none",
+        description=(
+            "required: each edition is rendered and its outbox written, then waits until "
+            "`distributor approve EDITION` releases it."
+        ),
+    )
+    max_audience: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "A safety limit: an edition to more email recipients than this waits for "
+            "`distributor approve EDITION`."
+        ),
+    )
 
     @property
     def key(self) -> str:

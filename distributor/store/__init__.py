@@ -1,4 +1,4 @@
-"""The database: articles, views, editions, deliveries and subscribers.
+"""The database: articles, views, editions, deliveries, holds and subscribers.
 
 Every write that a guarantee depends on is committed at once, and the unique constraints in
 :mod:`distributor.store.tables` make a second edition or a second delivery impossible, even
@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Engine,
     Row,
@@ -23,6 +24,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -37,12 +39,16 @@ from distributor.store.tables import (
     articles,
     deliveries,
     editions,
+    holds,
     source_state,
     subscriber_lists,
     subscribers,
 )
 
-__all__ = ["DeliveryRow", "EditionRow", "Store"]
+__all__ = ["ALL_SCHEDULES", "DeliveryRow", "EditionRow", "HoldRow", "Store"]
+
+ALL_SCHEDULES = "*"
+"""The scope of a hold on all sending (other holds name their schedule)."""
 
 # How often a write that lost a race to another process (a unique constraint) is tried again.
 CONFLICT_RETRIES = 3
@@ -64,6 +70,7 @@ class EditionRow:
     dry_run: bool
     sections: tuple[dict[str, Any], ...]
     """What selection picked: ``{"kind", "title", "ids"}`` per section."""
+    approved_at: datetime | None
     created_at: datetime
     updated_at: datetime
 
@@ -82,6 +89,9 @@ class DeliveryRow:
     error_class: str | None
     last_error: str | None
     remote_id: str | None
+    claimed_by: str | None
+    """The process that moved it to ``sending`` (``host:pid:token``)."""
+    article_ids: tuple[str, ...]
     created_at: datetime
     updated_at: datetime
     sent_at: datetime | None
@@ -89,8 +99,24 @@ class DeliveryRow:
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key, value in self.__dict__.items():
-            out[key] = value.isoformat() if isinstance(value, datetime) else value
+            if isinstance(value, datetime):
+                value = value.isoformat()
+            out[key] = list(value) if isinstance(value, tuple) else value
         return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class HoldRow:
+    scope: str
+    """A schedule's name, or :data:`ALL_SCHEDULES`."""
+    reason: str | None
+    created_at: datetime
+
+    @property
+    def describe(self) -> str:
+        """What is held and why, as an edition's reason says it."""
+        what = "all sending" if self.scope == ALL_SCHEDULES else f"schedule {self.scope}"
+        return f"{what} is held" + (f": {self.reason}" if self.reason else "")
 
 
 def _content_hash(article: Article) -> str:
@@ -155,6 +181,13 @@ def _article(row: Row[Any], views: int | None = None) -> Article:
     )
 
 
+def _delivery(row: Row[Any]) -> DeliveryRow:
+    m = row._mapping
+    values = {k: m[k] for k in DeliveryRow.__dataclass_fields__ if k in m}
+    values["article_ids"] = tuple(m["article_ids"] or ())
+    return DeliveryRow(**values)
+
+
 def _edition(row: Row[Any]) -> EditionRow:
     m = row._mapping
     return EditionRow(
@@ -165,6 +198,7 @@ def _edition(row: Row[Any]) -> EditionRow:
         reason=m["reason"],
         dry_run=bool(m["dry_run"]),
         sections=tuple(m["sections"] or ()),
+        approved_at=m["approved_at"],
         created_at=m["created_at"],
         updated_at=m["updated_at"],
     )
@@ -440,12 +474,127 @@ class Store:
                 .values(state=state, reason=reason, updated_at=_now())
             )
 
-    def editions(self, *, schedule: str | None = None, limit: int = 50) -> list[EditionRow]:
+    def editions(
+        self,
+        *,
+        schedule: str | None = None,
+        states: Iterable[str] | None = None,
+        dry_run: bool | None = None,
+        limit: int | None = 50,
+    ) -> list[EditionRow]:
+        """Editions, newest fire time first; ``dry_run=False`` leaves out the scratch records."""
         query = select(editions).order_by(editions.c.fire_time.desc(), editions.c.id.desc())
         if schedule:
             query = query.where(editions.c.schedule == schedule)
+        if states is not None:
+            query = query.where(editions.c.state.in_(list(states)))
+        if dry_run is not None:
+            query = query.where(editions.c.dry_run.is_(dry_run))
+        if limit is not None:
+            query = query.limit(limit)
         with self.engine.connect() as conn:
-            return [_edition(row) for row in conn.execute(query.limit(limit))]
+            return [_edition(row) for row in conn.execute(query)]
+
+    def edition(self, edition_id: int) -> EditionRow | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(editions).where(editions.c.id == edition_id)).first()
+        return _edition(row) if row else None
+
+    def approve_edition(self, edition_id: int) -> None:
+        """Record that an operator approved the edition (it may go out once nothing holds it)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(editions)
+                .where(editions.c.id == edition_id, editions.c.approved_at.is_(None))
+                .values(approved_at=_now(), updated_at=_now())
+            )
+
+    def delivery_counts(self, edition_ids: Iterable[int]) -> dict[int, dict[str, int]]:
+        """How many deliveries of each edition are in each status."""
+        wanted = list(edition_ids)
+        out: dict[int, dict[str, int]] = {eid: {} for eid in wanted}
+        query = (
+            select(deliveries.c.edition_id, deliveries.c.status, func.count())
+            .where(deliveries.c.edition_id.in_(wanted))
+            .group_by(deliveries.c.edition_id, deliveries.c.status)
+        )
+        with self.engine.connect() as conn:
+            for eid, status, count in conn.execute(query):
+                out[eid][status] = int(count)
+        return out
+
+    def deliveries_by_channel(self, edition_id: int) -> dict[str, int]:
+        """How many deliveries an edition has on each channel."""
+        query = (
+            select(deliveries.c.channel, func.count())
+            .where(deliveries.c.edition_id == edition_id)
+            .group_by(deliveries.c.channel)
+        )
+        with self.engine.connect() as conn:
+            return {channel: int(count) for channel, count in conn.execute(query)}
+
+    def count_deliveries(
+        self,
+        *,
+        status: str,
+        error_class: str | None = None,
+        schedule: str | None = None,
+        channel: str | None = None,
+    ) -> int:
+        """How many deliveries of real editions are in ``status`` (and ``error_class``)."""
+        query = (
+            select(func.count())
+            .select_from(deliveries.join(editions, editions.c.id == deliveries.c.edition_id))
+            .where(deliveries.c.status == status, editions.c.dry_run.is_(False))
+        )
+        if error_class is not None:
+            query = query.where(deliveries.c.error_class == error_class)
+        if schedule:
+            query = query.where(editions.c.schedule == schedule)
+        if channel:
+            query = query.where(deliveries.c.channel == channel)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    # --- holds --------------------------------------------------------------------------------
+
+    def hold(self, scope: str, reason: str | None) -> bool:
+        """Hold the sending of ``scope`` (a schedule or :data:`ALL_SCHEDULES`).
+
+        Returns False when it was held already (a new reason then replaces the old one).
+        """
+
+        def work(conn: Connection) -> bool:
+            found = conn.execute(select(holds.c.scope).where(holds.c.scope == scope)).first()
+            if found is not None:
+                if reason is not None:
+                    conn.execute(update(holds).where(holds.c.scope == scope).values(reason=reason))
+                return False
+            conn.execute(insert(holds).values(scope=scope, reason=reason, created_at=_now()))
+            return True
+
+        return self._write(f"hold {scope}", work)
+
+    def release(self, scope: str | None) -> list[HoldRow]:
+        """Lift the hold on ``scope``, or every hold (None); return the holds lifted."""
+        with self.engine.begin() as conn:
+            query = select(holds)
+            if scope is not None:
+                query = query.where(holds.c.scope == scope)
+            lifted = [HoldRow(**row._mapping) for row in conn.execute(query)]
+            if lifted:
+                conn.execute(delete(holds).where(holds.c.scope.in_([h.scope for h in lifted])))
+        return lifted
+
+    def holds(self) -> list[HoldRow]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(holds).order_by(holds.c.created_at, holds.c.scope))
+            return [HoldRow(**row._mapping) for row in rows]
+
+    def hold_on(self, schedule: str) -> HoldRow | None:
+        """What holds ``schedule`` now: a hold on all sending first, else its own; or None."""
+        found = {h.scope: h for h in self.holds() if h.scope in (ALL_SCHEDULES, schedule)}
+        return found.get(ALL_SCHEDULES) or found.get(schedule)
 
     # --- deliveries ---------------------------------------------------------------------------
 
@@ -492,8 +641,13 @@ class Store:
     def deliveries_of(self, edition_id: int, *, status: str | None = None) -> list[DeliveryRow]:
         return self.deliveries(edition_id=edition_id, status=status, limit=None)
 
-    def start_delivery(self, delivery_id: int) -> bool:
-        """Move a pending delivery to ``sending``; False if someone else already took it."""
+    def start_delivery(
+        self, delivery_id: int, *, claimant: str | None = None, now: datetime | None = None
+    ) -> bool:
+        """Move a pending delivery to ``sending`` for ``claimant`` (``host:pid:token``).
+
+        Returns False if someone else already took it.
+        """
         with self.engine.begin() as conn:
             done = conn.execute(
                 update(deliveries)
@@ -504,10 +658,128 @@ class Store:
                 .values(
                     status=DeliveryStatus.SENDING.value,
                     attempts=deliveries.c.attempts + 1,
-                    updated_at=_now(),
+                    claimed_by=claimant,
+                    updated_at=now or _now(),
                 )
             )
         return bool(done.rowcount)
+
+    def touch_delivery(self, delivery_id: int) -> None:
+        """Say that the delivery is still being sent (before another attempt)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(deliveries)
+                .where(
+                    deliveries.c.id == delivery_id,
+                    deliveries.c.status == DeliveryStatus.SENDING.value,
+                )
+                .values(updated_at=_now())
+            )
+
+    def settle_delivery(
+        self,
+        delivery_id: int,
+        status: DeliveryStatus,
+        *,
+        claimed_by: str | None,
+        remote_id: str | None = None,
+        error: str | None = None,
+    ) -> bool:
+        """Settle a delivery left in ``sending`` by ``claimed_by`` after a crash.
+
+        Changes nothing (and returns False) if the row moved on meanwhile: finished by its
+        process after all, or taken again by another.
+        """
+        now = _now()
+        values: dict[str, Any] = {"status": status.value, "updated_at": now, "last_error": error}
+        values["error_class"] = "unknown" if status == DeliveryStatus.UNKNOWN else None
+        if remote_id is not None:
+            values["remote_id"] = remote_id
+        if status == DeliveryStatus.SENT:
+            values["sent_at"] = now
+        claim = (
+            deliveries.c.claimed_by.is_(None)
+            if claimed_by is None
+            else deliveries.c.claimed_by == claimed_by
+        )
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                update(deliveries)
+                .where(
+                    deliveries.c.id == delivery_id,
+                    deliveries.c.status == DeliveryStatus.SENDING.value,
+                    claim,
+                )
+                .values(**values)
+            )
+        return bool(done.rowcount)
+
+    def requeue(
+        self,
+        *,
+        transient: bool = True,
+        unknown: bool = False,
+        schedule: str | None = None,
+        channel: str | None = None,
+    ) -> list[DeliveryRow]:
+        """Put failed deliveries back to ``pending``: those that failed for a passing reason,
+        and (``unknown``) those whose outcome is unknown. Permanent failures stay as they are.
+
+        Their editions go back to ``delivering``. Returns the rows as they were before.
+        """
+        matches: list[ColumnElement[bool]] = []
+        if transient:
+            matches.append(
+                (deliveries.c.status == DeliveryStatus.FAILED.value)
+                & (deliveries.c.error_class == "transient")
+            )
+        if unknown:
+            matches.append(deliveries.c.status == DeliveryStatus.UNKNOWN.value)
+        if not matches:
+            return []
+        query = (
+            select(deliveries, editions.c.schedule, editions.c.fire_time)
+            .join(editions, editions.c.id == deliveries.c.edition_id)
+            .where(or_(*matches), editions.c.dry_run.is_(False))
+            .order_by(deliveries.c.id)
+        )
+        if schedule:
+            query = query.where(editions.c.schedule == schedule)
+        if channel:
+            query = query.where(deliveries.c.channel == channel)
+        now = _now()
+        with self.engine.begin() as conn:
+            found = [_delivery(r) for r in conn.execute(query)]
+            for start in range(0, len(found), 500):
+                chunk = found[start : start + 500]
+                conn.execute(
+                    update(deliveries)
+                    .where(deliveries.c.id.in_([d.id for d in chunk]), or_(*matches))
+                    .values(status=DeliveryStatus.PENDING.value, updated_at=now)
+                )
+            edition_ids = sorted({d.edition_id for d in found})
+            for start in range(0, len(edition_ids), 500):
+                conn.execute(
+                    update(editions)
+                    .where(editions.c.id.in_(edition_ids[start : start + 500]))
+                    .values(state="delivering", updated_at=now)
+                )
+        return found
+
+    def skip_deliveries(self, delivery_ids: Sequence[int], reason: str) -> None:
+        """Close pending deliveries that nothing is left to send (an unsubscribed reader)."""
+        with self.engine.begin() as conn:
+            for start in range(0, len(delivery_ids), 500):
+                conn.execute(
+                    update(deliveries)
+                    .where(
+                        deliveries.c.id.in_(delivery_ids[start : start + 500]),
+                        deliveries.c.status == DeliveryStatus.PENDING.value,
+                    )
+                    .values(
+                        status=DeliveryStatus.SKIPPED.value, last_error=reason, updated_at=_now()
+                    )
+                )
 
     def finish_delivery(
         self,
@@ -558,19 +830,30 @@ class Store:
             query = query.limit(limit)
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
-        return [
-            DeliveryRow(
-                **{k: r._mapping[k] for k in DeliveryRow.__dataclass_fields__ if k in r._mapping}
-            )
-            for r in rows
-        ]
+        return [_delivery(r) for r in rows]
 
-    def sent_article_ids(self, channel: str) -> set[str]:
-        """Articles already delivered on ``channel`` (for "only what is new here")."""
-        query = select(deliveries.c.article_ids).where(
-            deliveries.c.channel == channel,
-            deliveries.c.status.in_([DeliveryStatus.SENT.value, DeliveryStatus.SENDING.value]),
+    def taken_article_ids(self, channel: str, *, except_edition: int | None = None) -> set[str]:
+        """Articles sent on ``channel``, being sent, or queued there by a real edition other
+        than ``except_edition`` (waiting in a held edition, say), so no second edition takes
+        them up while the first waits."""
+        query = (
+            select(deliveries.c.article_ids)
+            .join(editions, editions.c.id == deliveries.c.edition_id)
+            .where(
+                deliveries.c.channel == channel,
+                deliveries.c.status.in_(
+                    [
+                        DeliveryStatus.SENT.value,
+                        DeliveryStatus.SENDING.value,
+                        DeliveryStatus.PENDING.value,
+                        DeliveryStatus.UNKNOWN.value,
+                    ]
+                ),
+                editions.c.dry_run.is_(False),
+            )
         )
+        if except_edition is not None:
+            query = query.where(deliveries.c.edition_id != except_edition)
         out: set[str] = set()
         with self.engine.connect() as conn:
             for (ids,) in conn.execute(query):

@@ -4,6 +4,10 @@
   a dry run is a scratch record apart from the real edition);
 - one delivery per edition, channel, recipient (or account) and message
   (``uq_deliveries_once``), so a retry, a restart or a second process cannot send twice.
+
+A delivery in ``sending`` names the process that claimed it (``claimed_by``), so a process that
+starts after a crash can tell a row left behind by a dead process from one that a live process
+is sending right now. A row of ``holds`` stops the sending of one schedule, or of all (``*``).
 """
 
 from __future__ import annotations
@@ -118,6 +122,7 @@ editions = Table(
     Column("reason", Text),
     Column("dry_run", Boolean, nullable=False, default=False),
     Column("sections", JSON, nullable=False, default=list),
+    Column("approved_at", UTCDateTime),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     UniqueConstraint("schedule", "fire_time", "dry_run"),
@@ -137,6 +142,7 @@ deliveries = Table(
     Column("last_error", Text),
     Column("remote_id", Text),
     Column("article_ids", JSON, nullable=False, default=list),
+    Column("claimed_by", String(200)),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("sent_at", UTCDateTime),
@@ -145,6 +151,14 @@ deliveries = Table(
     ),
     Index("ix_deliveries_status", "status"),
     Index("ix_deliveries_channel", "channel"),
+)
+
+holds = Table(
+    "holds",
+    metadata,
+    Column("scope", String(200), primary_key=True),  # a schedule's name, or "*": all sending
+    Column("reason", Text),
+    Column("created_at", UTCDateTime, nullable=False),
 )
 
 subscribers = Table(
