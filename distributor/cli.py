@@ -425,6 +425,10 @@ def deliveries(
     if not rows:
         click.echo("no deliveries match")
         return
+    click.echo(
+        f"{'WHEN (UTC)':<19}  {'STATUS':<8} {'SCHEDULE':<16} {'CHANNEL':<14} "
+        f"{'RECIPIENT':<30} MESSAGE  [ERROR CLASS] REASON"
+    )
     for row in rows:
         when = (row.sent_at or row.updated_at).strftime("%Y-%m-%d %H:%M:%S")
         reason = f"  [{row.error_class}] {row.last_error}" if row.last_error else ""

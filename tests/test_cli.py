@@ -135,5 +135,8 @@ def test_db_upgrade_and_deliveries_filters(subscribed_example: Path, env: dict[s
     assert invoke(subscribed_example, env, "deliveries", "--status", "failed").output.strip() == (
         "no deliveries match"
     )
-    table = invoke(subscribed_example, env, "deliveries", "--limit", "3").output.splitlines()
+    header, *table = invoke(
+        subscribed_example, env, "deliveries", "--limit", "3"
+    ).output.splitlines()
+    assert header.split()[:4] == ["WHEN", "(UTC)", "STATUS", "SCHEDULE"]
     assert len(table) == 3 and all(" sent " in line for line in table)
