@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from click.testing import CliRunner, Result
@@ -54,7 +54,7 @@ def test_schedules_shows_next_fire_times_in_each_timezone(tmp_path: Path) -> Non
     assert result.exit_code == 0, result.output
     rows = {row["schedule"]: row for row in json.loads(result.output)}
     daily = [datetime.fromisoformat(t) for t in rows["daily-digest"]["next"]]
-    assert [(t.hour, t.utcoffset().total_seconds()) for t in daily] == [(7, 25200)] * 2  # type: ignore[union-attr]
+    assert [(t.hour, t.utcoffset()) for t in daily] == [(7, timedelta(hours=7))] * 2
     assert rows["weekly-most-read"]["trigger"] == "0 8 * * mon"
     assert rows["breaking-alerts"]["trigger"] == "every 3m"
     text = invoke(config, {}, "schedules").output

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from distributor.config import Selection
-from distributor.models import Article
+from distributor.models import Article, Section
 from distributor.selection import build_edition, restrict_to_topics, window_key
 
 NOW = datetime(2026, 11, 21, 7, 0, tzinfo=UTC)
@@ -56,8 +56,8 @@ def selection(**overrides: object) -> Selection:
     return Selection.model_validate(data)
 
 
-def ids(edition_section: object) -> list[str]:
-    return [a.id for a in edition_section.articles]  # type: ignore[attr-defined]
+def ids(section: Section) -> list[str]:
+    return [a.id for a in section.articles]
 
 
 def test_breaking_newest_first_then_most_read_without_repeats() -> None:
