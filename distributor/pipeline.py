@@ -85,6 +85,10 @@ class Pipeline:
         self.templates = environment(config.templates_dir)
         self.outbox = Outbox(store, kind_of=self._kind)
         self._channels: dict[str, Channel] = {}
+        # Digests rendered during one run: the preview and the send share the inlining of the
+        # same content (premailer is the slow part). Emptied when a run or resume starts, so a
+        # template fixed in the meantime is always read again.
+        self._digests: dict[tuple[str, str, Edition], RenderedDigest] = {}
 
     def close(self) -> None:
         for channel in self._channels.values():
@@ -215,10 +219,13 @@ class Pipeline:
     # --- rendering ---------------------------------------------------------------------------
 
     def render_email(self, schedule: Schedule, edition: Edition, template: str) -> RenderedDigest:
-        context = template_context(
-            self.config.settings.site, schedule, edition, source="newsletter", medium="email"
-        )
-        return render_digest(self.templates, template, context)
+        key = (schedule.key, template, edition)
+        if key not in self._digests:
+            context = template_context(
+                self.config.settings.site, schedule, edition, source="newsletter", medium="email"
+            )
+            self._digests[key] = render_digest(self.templates, template, context)
+        return self._digests[key]
 
     def render_posts(
         self, schedule: Schedule, edition: Edition, target: Target, channel: Channel
@@ -380,6 +387,7 @@ class Pipeline:
         rendered and its outbox written; then it is ``held`` and nothing is sent.
         """
         fire_time = fire_time.astimezone(UTC).replace(microsecond=0)
+        self._digests.clear()
         if not dry_run:
             existing = self.store.find_edition(schedule.key, fire_time)
             if existing is not None and existing.state in FINAL_STATES:
@@ -424,6 +432,7 @@ class Pipeline:
     def resume(self, schedule: Schedule, row: EditionRow) -> RunReport:
         """Send what is still pending of edition ``row``: held, interrupted, or put back by
         `retry`. Its outbox is not added to: what was planned (and approved) is what goes."""
+        self._digests.clear()
         edition = self._edition_from_row(row)
         report = RunReport(
             schedule=schedule.key,

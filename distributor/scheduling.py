@@ -162,9 +162,6 @@ class Scheduler:
             # A failing schedule must not stop the scheduler; the failure is logged with its cause.
             log.exception("schedule %s failed at %s", schedule.key, fire_time.isoformat())
 
-    def next_runs(self) -> dict[str, datetime | None]:
-        return {job.id: job.next_run_time for job in self._scheduler.get_jobs()}
-
     def run_until(self, stop: threading.Event) -> None:
         """Start firing and block until ``stop`` is set; then finish in-flight runs and return."""
         self._scheduler.start()
