@@ -8,7 +8,6 @@ fails the tests with instructions; it never skips them.
 
 from __future__ import annotations
 
-import os
 import threading
 import uuid
 from collections.abc import Iterator
@@ -20,24 +19,15 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, create_engine, insert, inspect, make_url, text
-from sqlalchemy.exc import IntegrityError, OperationalError, StatementError
+from sqlalchemy.exc import IntegrityError, StatementError
 
 from distributor.exceptions import StoreError
 from distributor.models import Article, DeliveryStatus, Link, Study, Subscriber
 from distributor.sources.base import FetchState
 from distributor.store import Store, migrate
 from distributor.store.tables import deliveries, editions, metadata
+from tests.conftest import POSTGRES_URL
 
-POSTGRES_URL = os.environ.get(
-    "DISTRIBUTOR_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
-HOW_TO_START = (
-    "The store tests need PostgreSQL. Start the local server (Debian/Ubuntu: "
-    "`sudo service postgresql start`; with Docker: `docker run -d -p 5432:5432 "
-    "-e POSTGRES_HOST_AUTH_METHOD=trust -e POSTGRES_DB=test postgres:16`), check it with "
-    "`psql -h 127.0.0.1 -U postgres test -c 'select 1'`, or point DISTRIBUTOR_TEST_POSTGRES_URL "
-    "at another server."
-)
 # The PostgreSQL sessions run in a zone far from UTC, so a value that is handed back in the
 # session's zone instead of UTC shows up.
 SESSION_TIMEZONE = "Asia/Kathmandu"
@@ -51,23 +41,11 @@ TABLES = {
     "subscribers",
     "subscriber_lists",
     "holds",
+    "schedule_state",
 }
 
 
 # --- fixtures -------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def postgres_admin() -> Iterator[Engine]:
-    engine = create_engine(POSTGRES_URL)
-    try:
-        with engine.connect() as conn:
-            conn.execute(text("select 1"))
-    except OperationalError as exc:
-        engine.dispose()
-        pytest.fail(f"cannot reach PostgreSQL at {POSTGRES_URL}: {exc.orig}\n{HOW_TO_START}")
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture
@@ -154,7 +132,7 @@ def test_open_migrates_sqlite_automatically(tmp_path: Path) -> None:
     store = Store.open(f"sqlite:///{path}")
     try:
         assert path.exists()
-        assert migrate.current_revision(store.engine) == migrate.head_revision() == "0002"
+        assert migrate.current_revision(store.engine) == migrate.head_revision() == "0003"
         assert set(inspect(store.engine).get_table_names()) >= TABLES
         assert store.count_articles() == 0
     finally:

@@ -146,11 +146,22 @@ deliveries = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("sent_at", UTCDateTime),
+    Column("next_attempt_at", UTCDateTime),  # a pending delivery waits until then (backoff, caps)
+    Column("failures", Integer, nullable=False, default=0, server_default="0"),
     UniqueConstraint(
         "edition_id", "channel", "recipient", "message_key", name="uq_deliveries_once"
     ),
     Index("ix_deliveries_status", "status"),
     Index("ix_deliveries_channel", "channel"),
+    Index("ix_deliveries_channel_sent_at", "channel", "sent_at"),
+)
+
+schedule_state = Table(
+    "schedule_state",
+    metadata,
+    Column("schedule", String(200), primary_key=True),
+    Column("last_fire_time", UTCDateTime, nullable=False),  # the last nominal time it ran for
+    Column("last_run_at", UTCDateTime, nullable=False),
 )
 
 holds = Table(
