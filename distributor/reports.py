@@ -27,6 +27,14 @@ class TargetReport:
     errors: list[str] = field(default_factory=list)
     held: str | None = None
     """Why sending stopped before the end (an operator held it)."""
+    retried: int = 0
+    """Attempts that failed for a passing reason and wait to be tried again."""
+    waiting: int = 0
+    """Left pending for later: a rate limit (a daily cap, say) would be exceeded now."""
+    waiting_until: datetime | None = None
+    waiting_why: str | None = None
+    stale: int = 0
+    """Skipped: older than the schedule's max_age by the time they could go out."""
 
 
 @dataclass(kw_only=True)
@@ -76,6 +84,8 @@ class RunReport:
     """Held until `distributor approve` (not only until a release)."""
     error: str | None = None
     """Why sending stopped before the end; the edition waits for `release` or `retry`."""
+    stored: bool = True
+    """False for a poll that found nothing new: no edition was written for it."""
 
     @property
     def failed(self) -> bool:

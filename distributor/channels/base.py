@@ -18,10 +18,37 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import ClassVar, Literal
 
+from pydantic import Field, PositiveFloat, PositiveInt
+
 from distributor.models import DeliveryResult, Message, Secret
 from distributor.plugins import Plugin, PluginOptions
 
 ChannelKind = Literal["email", "post"]
+
+
+class RateLimit(PluginOptions):
+    """How much a channel may send: declared by the channel for its platform, narrowed by the
+    operator (``rate_limit:`` in the channel's options). Every limit set applies at once; the
+    engine waits (or, past a daily cap, leaves the delivery for the next window) instead of
+    exceeding one."""
+
+    per_second: PositiveFloat | None = Field(default=None, description="Messages per second.")
+    per_minute: PositiveInt | None = Field(default=None, description="Messages per minute.")
+    per_hour: PositiveInt | None = Field(default=None, description="Messages per hour.")
+    per_day: PositiveInt | None = Field(
+        default=None,
+        description="Messages per 24 hours; beyond it, deliveries wait for the next window.",
+    )
+
+    def narrowed(self, other: RateLimit | None) -> RateLimit:
+        """Each limit at the stricter of the two."""
+        if other is None:
+            return self
+        values: dict[str, float | int | None] = {}
+        for name in RateLimit.model_fields:
+            mine, theirs = getattr(self, name), getattr(other, name)
+            values[name] = theirs if mine is None else mine if theirs is None else min(mine, theirs)
+        return RateLimit.model_validate(values)
 
 
 class Channel(Plugin, abc.ABC):
@@ -33,6 +60,18 @@ class Channel(Plugin, abc.ABC):
     """The longest post the platform takes, counted its way; None for email."""
     platform: ClassVar[str] = ""
     """Which platform's posts this channel writes (x, mastodon, ...); picks the post template."""
+    limits: ClassVar[RateLimit] = RateLimit()
+    """The platform's own limits; the operator's ``rate_limit`` option can only narrow them."""
+
+    class Options(Plugin.Options):
+        """What every channel takes; channels extend it with their own options."""
+
+        rate_limit: RateLimit | None = Field(
+            default=None,
+            description="Send at most this much (per_second, per_minute, per_hour, per_day).",
+        )
+
+    options: Options
 
     def __init__(
         self,
@@ -62,6 +101,11 @@ class Channel(Plugin, abc.ABC):
     @property
     def length_limit(self) -> int | None:
         return self.max_length
+
+    @property
+    def rate_limit(self) -> RateLimit:
+        """The limits the engine enforces: the platform's, narrowed by the operator's."""
+        return self.limits.narrowed(self.options.rate_limit)
 
     @abc.abstractmethod
     def send(self, message: Message) -> DeliveryResult:
