@@ -18,6 +18,7 @@ from distributor import delivery
 from distributor.channels.file import FileChannel
 from distributor.cli import cli
 from distributor.delivery import claimant, edition_outcome, left_behind, reconciled
+from distributor.delivery.limits import MAX_FAILURES
 from distributor.models import DeliveryResult, DeliveryStatus, Message
 from distributor.store import DeliveryRow, Store
 
@@ -171,7 +172,9 @@ def test_posts_waiting_in_a_held_edition_are_not_taken_up_by_the_next(
     assert "x: 5 post(s) waiting" in first
     # Three minutes later the same breaking articles are still waiting in the first edition.
     later = ok(config, env, "run-once", "breaking-alerts", "--at", "2026-11-21T10:03:00+07:00")
-    assert "skipped" in later and "fewer than min_items" in later
+    assert "skipped" in later and "nothing new since the last post" in later
+    # A poll that found nothing new leaves no edition behind.
+    assert [e["fire_time"] for e in editions(config, env)] == [BREAKING_AT]
     ok(config, env, "release", "breaking-alerts")
     posts = [json.loads((outbox(config, "x") / n).read_text()) for n in files(config, "x")]
     assert len(posts) == 5
@@ -214,7 +217,7 @@ def test_a_hold_stops_a_send_already_going(
     from distributor.config import load_config
     from distributor.pipeline import Pipeline
 
-    monkeypatch.setattr(delivery, "HOLD_CHECK_EVERY", 0.0)
+    monkeypatch.setattr("distributor.delivery.outbox.HOLD_CHECK_EVERY", 0.0)
     ok(subscribed_example, env, "ingest")
     config = load_config(subscribed_example, env)
     store = open_store(subscribed_example)
@@ -396,14 +399,21 @@ def test_retry_sends_again_what_failed_for_a_passing_reason(
     assert ": failed  [edition 1]" in failed.output
     rows = deliveries(config, env, "--status", "failed")
     assert sorted(r["recipient"] for r in rows) == DAILY_READERS
-    assert {(r["error_class"], r["attempts"]) for r in rows} == {("transient", 1)}
-    assert all("File exists" in r["last_error"] for r in rows)
+    # Tried within the run until the engine gave up (the file channel asks for 0.1 s waits).
+    assert {(r["error_class"], r["attempts"]) for r in rows} == {("transient", MAX_FAILURES)}
+    assert all(
+        r["last_error"].startswith(f"gave up after {MAX_FAILURES} passing failures: ")
+        and "File exists" in r["last_error"]
+        for r in rows
+    )
 
     # Still failing: tried again, failed again, exit 1.
     again = invoke(config, env, "retry")
     assert again.exit_code == 1, again.output
     assert "retrying 3 deliveries" in again.output
-    assert {r["attempts"] for r in deliveries(config, env, "--status", "failed")} == {2}
+    assert {r["attempts"] for r in deliveries(config, env, "--status", "failed")} == {
+        2 * MAX_FAILURES
+    }
 
     # One failure turns out to be permanent (a bounced address, say): never sent again.
     store = open_store(config)
@@ -493,7 +503,9 @@ def test_an_email_in_flight_at_a_crash_is_sent_on_restart(
     restarted = ok(config, env, "run-once", "daily-digest", "--at", DAILY_AT)
     assert "after a crash, email: 1 to send again" in restarted
     assert "daily-digest @ 2026-11-20 07:00 +07: done  [edition 1]" in restarted
-    assert "ran before; nothing sent again" in restarted
+    # Said once: the recovery finished the very edition asked for.
+    assert restarted.count("daily-digest @ 2026-11-20 07:00 +07") == 1
+    assert "ran before; nothing sent again" not in restarted
     assert emailed(config) == DAILY_READERS
     rows = {r["recipient"]: r for r in deliveries(config, env)}
     assert {r["status"] for r in rows.values()} == {"sent"}
@@ -729,3 +741,14 @@ def test_the_file_channel_confirms_what_it_wrote(tmp_path: Path, writes: Any) ->
     assert sent.remote_id is not None and Path(sent.remote_id).is_file()
     other = Message(channel="files", recipient="b@example.org", key="k2", edition=message.edition)
     assert channel.confirm(other) is None
+
+
+def test_only_the_newest_previews_of_a_schedule_are_kept(
+    subscribed_example: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("distributor.pipeline.compose.KEEP_PREVIEWS", 2)
+    config = subscribed_example
+    for day in ("2026-11-19", "2026-11-20", "2026-11-21"):
+        ok(config, env, "run-once", "daily-digest", "--at", f"{day}T07:00:00+07:00")
+    kept = sorted(p.name for p in (config.parent / "var" / "previews" / "daily-digest").iterdir())
+    assert kept == ["20261120T000000Z", "20261121T000000Z"]

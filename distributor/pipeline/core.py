@@ -1,0 +1,447 @@
+"""Reading sources, selecting an edition, and sending it: one run of a schedule."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import httpx
+
+from distributor import selection
+from distributor.config import (
+    Config,
+    Schedule,
+    Target,
+    format_duration,
+    parse_duration,
+)
+from distributor.delivery import Outbox, Plan
+from distributor.exceptions import (
+    SourceError,
+    TemplateError,
+)
+from distributor.models import (
+    DeliveryStatus,
+    Edition,
+    Message,
+    Section,
+    Subscriber,
+)
+from distributor.pipeline.compose import Composer, _page_to_open, edition_ref
+from distributor.rendering.email import RenderedDigest
+from distributor.reports import (
+    IngestReport,
+    RunReport,
+    SourceReport,
+)
+from distributor.sources.base import PopularitySource, Source
+from distributor.store import EditionRow, Store
+from distributor.text import normalise_url
+
+log = logging.getLogger(__name__)
+
+FINAL_STATES = frozenset({"done", "partial", "failed", "skipped", "missed"})
+NOTHING_NEW = "nothing new since the last post"
+
+
+class Core(Composer):
+    """Ingest, select, and run or resume an edition through the outbox."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        *,
+        env: Mapping[str, str] | None = None,
+        client: httpx.Client | None = None,
+        stopping: threading.Event | None = None,
+    ) -> None:
+        super().__init__(config, env=env)
+        self.store = store
+        self._client = client
+        self.stopping = stopping or threading.Event()
+        """Set (by SIGTERM, Ctrl-C) to stop sending at the next message; the rest waits."""
+        self.outbox = Outbox(store, kind_of=self._kind, stopping=self.stopping)
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+        if self._client is not None:
+            self._client.close()
+
+    @property
+    def client(self) -> httpx.Client:
+        """The HTTP client of sources, made when first needed (most commands read no source)."""
+        if self._client is None:
+            self._client = httpx.Client(headers={"User-Agent": "distributor/0.1"})
+        return self._client
+
+    def _sources(self) -> Iterator[Source]:
+        for spec in self.config.sources:
+            yield spec.cls(
+                name=spec.name, options=spec.options, secrets=spec.secrets, client=self.client
+            )
+
+    def _popularity(self) -> Iterator[PopularitySource]:
+        for spec in self.config.popularity:
+            yield spec.cls(
+                name=spec.name, options=spec.options, secrets=spec.secrets, client=self.client
+            )
+
+    # --- ingest ------------------------------------------------------------------------------
+
+    def ingest(self, *, popularity: bool = True) -> IngestReport:
+        """Read every source and (``popularity``) every popularity provider; a failing one does
+        not stop the others."""
+        report = IngestReport()
+        for source in self._sources():
+            item = SourceReport(name=source.name)
+            report.sources.append(item)
+            state = self.store.source_state(source.name)
+            try:
+                result = source.fetch(state)
+            except SourceError as exc:
+                item.error = exc.reason
+                self.store.save_source_state(source.name, None, error=exc.reason)
+                log.warning("%s", exc)
+                continue
+            item.not_modified = result.not_modified
+            for article in result.articles:
+                outcome = self.store.upsert_article(article)
+                setattr(item, outcome, getattr(item, outcome) + 1)
+            self.store.save_source_state(source.name, result.state)
+        for provider in self._popularity() if popularity else ():
+            item = SourceReport(name=provider.name)
+            report.sources.append(item)
+            try:
+                counts = provider.fetch()
+            except SourceError as exc:
+                item.error = exc.reason
+                log.warning("%s", exc)
+                continue
+            ids = self.store.article_ids_by_url(
+                {c.url for c in counts} | {normalise_url(c.url) for c in counts}
+            )
+            views: dict[str, int] = {}
+            shares: dict[str, int] = {}
+            for count in counts:
+                article_id = ids.get(count.url) or ids.get(normalise_url(count.url))
+                if article_id is None:
+                    continue
+                views[article_id] = count.views
+                if count.shares is not None:
+                    shares[article_id] = count.shares
+            window = selection.window_key(parse_duration(provider.window))
+            self.store.record_views(window, views)
+            self.store.update_shares(shares)
+            item.changed = len(views)
+        return report
+
+    # --- selection ---------------------------------------------------------------------------
+
+    def select(
+        self, schedule: Schedule, fire_time: datetime, *, now: datetime | None = None
+    ) -> Edition:
+        """Pick the edition of ``schedule`` at ``fire_time`` from what is stored ``now``."""
+        now = max(now or datetime.now(UTC), fire_time)
+        spec = schedule.select
+        longest = max(s.window for s in spec.sections)
+        if spec.max_age is not None:
+            longest = max(longest, spec.max_age)
+        windows = {selection.window_key(s.window) for s in spec.sections if s.kind == "most_read"}
+        views = {window: self.store.latest_views(window) for window in windows}
+        candidates = self.store.recent_articles(now - longest - timedelta(hours=1))
+        exclude: set[str] | None = None
+        for target in schedule.deliver:
+            if target.only_new:
+                # Sent, or waiting in another edition (a held one): not new here.
+                sent = self.store.taken_article_ids(target.channel)
+                exclude = sent if exclude is None else exclude & sent
+        return selection.build_edition(
+            schedule.key,
+            fire_time,
+            spec,
+            candidates,
+            now=now,
+            views=views,
+            exclude_ids=exclude or set(),
+        )
+
+    def _edition_from_row(self, row: EditionRow) -> Edition:
+        sections = []
+        for item in row.sections:
+            found = [self.store.article(article_id) for article_id in item["ids"]]
+            sections.append(
+                Section(
+                    kind=item["kind"],
+                    title=item["title"],
+                    articles=tuple(a for a in found if a is not None),
+                )
+            )
+        return Edition(schedule=row.schedule, fire_time=row.fire_time, sections=tuple(sections))
+
+    # --- running an edition ------------------------------------------------------------------
+
+    def run(self, schedule: Schedule, fire_time: datetime, *, dry_run: bool = False) -> RunReport:
+        """Run ``schedule`` for its nominal ``fire_time``: at most once, whatever happens.
+
+        While sending is held, or the edition waits for approval, it is still selected,
+        rendered and its outbox written; then it is ``held`` and nothing is sent.
+        """
+        fire_time = fire_time.astimezone(UTC).replace(microsecond=0)
+        self._digests.clear()
+        if not dry_run:
+            self.store.record_fire(schedule.key, fire_time)
+            existing = self.store.find_edition(schedule.key, fire_time)
+            if existing is not None and existing.state in FINAL_STATES:
+                return self._report_existing(schedule, existing)
+        edition = self.select(schedule, fire_time)
+        report = RunReport(
+            schedule=schedule.key, fire_time=fire_time, state="selected", dry_run=dry_run
+        )
+        if not edition.articles and all(t.only_new for t in schedule.deliver) and not dry_run:
+            # A poll that found nothing new (breaking alerts, every few seconds) leaves no
+            # edition behind: thousands a day would bury the ones that sent something.
+            report.state, report.reason, report.stored = "skipped", NOTHING_NEW, False
+            return report
+        sections = [
+            {"kind": s.kind, "title": s.title, "ids": [a.id for a in s.articles]}
+            for s in edition.sections
+        ]
+        state = "skipped" if edition.skip_reason else "selected"
+        row, created = self.store.claim_edition(
+            schedule.key,
+            fire_time,
+            state=state,
+            sections=sections,
+            reason=edition.skip_reason,
+            dry_run=dry_run,
+        )
+        if not created:
+            if row.state in FINAL_STATES:
+                return self._report_existing(schedule, row)
+            # Left unfinished by a crash or a stop, or held: carry on with what was selected.
+            edition = self._edition_from_row(row)
+        report.edition_id = row.id
+        report.sections = [(s.title, [a.title for a in s.articles]) for s in edition.sections]
+        if edition.skip_reason and created:
+            report.state, report.reason = "skipped", edition.skip_reason
+            return report
+        try:
+            report.preview = self.write_preview(schedule, edition)
+            plans = [self._plan(schedule, edition, row.id, target) for target in schedule.deliver]
+        except TemplateError as exc:
+            # Nothing was sent: an edition is never sent half-broken.
+            self.outbox.fail(row.id, str(exc))
+            report.state, report.reason = "failed", str(exc)
+            return report
+        return self._send(schedule, row, plans, report)
+
+    def resume(self, schedule: Schedule, row: EditionRow) -> RunReport:
+        """Send what is still pending of edition ``row``: held, interrupted, or put back by
+        `retry`. Its outbox is not added to: what was planned (and approved) is what goes."""
+        self._digests.clear()
+        edition = self._edition_from_row(row)
+        report = RunReport(
+            schedule=schedule.key,
+            fire_time=row.fire_time,
+            state=row.state,
+            reason=row.reason,
+            edition_id=row.id,
+            sections=[(s.title, [a.title for a in s.articles]) for s in edition.sections],
+            preview=_page_to_open(self.preview_folder(schedule.key, row.fire_time)),
+        )
+        pending = self.store.deliveries_of(row.id, status=DeliveryStatus.PENDING.value)
+        if pending and (reason := self.outbox.gate(schedule, row.id)):
+            return self._note_approval(
+                schedule, row, report.update(self.outbox.hold(row.id, reason))
+            )
+        wanted = {(d.channel, d.recipient, d.message_key) for d in pending}
+        channels = {d.channel for d in pending}
+        try:
+            plans = [
+                self._plan(schedule, edition, row.id, target, wanted=wanted)
+                for target in schedule.deliver
+                if target.channel in channels
+            ]
+        except TemplateError as exc:
+            # Left as it is: once the template is fixed, `release` or `retry` sends it.
+            self.store.set_edition_state(row.id, row.state, str(exc))
+            report.reason = report.error = str(exc)
+            return report
+        return self._send(schedule, row, plans, report)
+
+    def _send(
+        self, schedule: Schedule, row: EditionRow, plans: Sequence[Plan], report: RunReport
+    ) -> RunReport:
+        outcome = self.outbox.send_edition(
+            row.id, plans, dry_run=report.dry_run, gate=lambda: self.outbox.gate(schedule, row.id)
+        )
+        return self._note_approval(schedule, row, report.update(outcome))
+
+    def _note_approval(self, schedule: Schedule, row: EditionRow, report: RunReport) -> RunReport:
+        if report.state == "held":
+            report.awaiting_approval = self.outbox.approval_needed(schedule, row.id) is not None
+        return report
+
+    def _kind(self, channel: str) -> str:
+        if channel in self.config.channels:
+            return self.channel(channel).message_kind
+        return "post"  # a channel no longer configured: never resent blindly
+
+    def _schedule(self, name: str) -> Schedule | None:
+        return next((s for s in self.config.schedules if s.key == name), None)
+
+    def _report_existing(self, schedule: Schedule, row: EditionRow) -> RunReport:
+        return RunReport(
+            schedule=schedule.key,
+            fire_time=row.fire_time,
+            state=row.state,
+            reason=row.reason,
+            edition_id=row.id,
+            sections=[
+                (s["title"], [a.title for i in s["ids"] if (a := self.store.article(i))])
+                for s in row.sections
+            ],
+            targets=self.outbox.targets_of(row.id),
+            already=True,
+            preview=_page_to_open(self.preview_folder(schedule.key, row.fire_time)),
+        )
+
+    def _plan(
+        self,
+        schedule: Schedule,
+        edition: Edition,
+        edition_id: int,
+        target: Target,
+        *,
+        wanted: Container[tuple[str, str, str]] | None = None,
+    ) -> Plan:
+        """Render what the target needs and write its outbox rows; the messages come later.
+
+        With ``wanted`` (channel, recipient, message key), write nothing and render only what
+        those deliveries need: the edition's outbox exists already.
+        """
+        channel = self.channel(target.channel)
+        ref = edition_ref(schedule.key, edition.fire_time)
+        if channel.message_kind == "post":
+            taken = set()
+            if target.only_new:
+                taken = self.store.taken_article_ids(channel.name, except_edition=edition_id)
+            posts = self.render_posts(schedule, _without(edition, taken), target, channel)
+            if wanted is None:
+                self.store.add_deliveries(
+                    edition_id,
+                    [
+                        {
+                            "channel": p.channel,
+                            "recipient": p.recipient,
+                            "message_key": p.key,
+                            "article_ids": p.article_ids,
+                        }
+                        for p in posts
+                    ],
+                )
+            return Plan(
+                channel=channel,
+                messages=lambda keys: (p for p in posts if (p.recipient, p.key) in keys),
+                stale=self._too_old(schedule, edition),
+            )
+        assert target.audience is not None  # checked when the configuration was loaded
+        audience = target.audience.list
+        variants: dict[tuple[str, ...], RenderedDigest | None] = {}
+
+        def variant(subscriber: Subscriber) -> RenderedDigest | None:
+            topics = tuple(sorted({t.casefold() for t in subscriber.topics}))
+            if topics not in variants:
+                mine = selection.restrict_to_topics(edition, topics)
+                variants[topics] = (
+                    self.render_email(schedule, mine, target.template) if mine.articles else None
+                )
+            return variants[topics]
+
+        rows = []
+        for subscriber in self.store.audience(audience):
+            if wanted is not None and (channel.name, subscriber.email, "digest") not in wanted:
+                continue
+            # Every variant is rendered before anything is sent, so a broken one sends nothing.
+            if variant(subscriber) is not None and wanted is None:
+                rows.append(
+                    {
+                        "channel": channel.name,
+                        "recipient": subscriber.email,
+                        "message_key": "digest",
+                        "article_ids": (),
+                    }
+                )
+            if len(rows) >= 1000:
+                self.store.add_deliveries(edition_id, rows)
+                rows = []
+        if rows:
+            self.store.add_deliveries(edition_id, rows)
+        key = self.secret_key()
+
+        def messages(keys: Container[tuple[str, str]]) -> Iterator[Message]:
+            for subscriber in self.store.audience(audience):
+                if (subscriber.email, "digest") not in keys:
+                    continue
+                digest = variant(subscriber)
+                if digest is None:
+                    continue
+                yield self.email_message(
+                    digest,
+                    subscriber,
+                    schedule=schedule,
+                    edition_id=edition_id,
+                    ref=ref,
+                    channel=channel.name,
+                    key=key,
+                )
+
+        return Plan(channel=channel, messages=messages)
+
+    def _too_old(
+        self, schedule: Schedule, edition: Edition
+    ) -> Callable[[Message], str | None] | None:
+        """Why a post may no longer go out: its article is older than the schedule's max_age
+        (it waited behind a hold or a daily cap). News that old is not posted late."""
+        max_age = schedule.select.max_age
+        if max_age is None:
+            return None
+        published = {a.id: a.published or a.updated for a in edition.articles}
+
+        def stale(message: Message) -> str | None:
+            now = datetime.now(UTC)
+            times = [t for i in message.article_ids if (t := published.get(i)) is not None]
+            if times and now - max(times) > max_age:
+                return (
+                    f"not posted: the article is {_age(now - max(times))} old, older than "
+                    f"max_age {format_duration(max_age)}"
+                )
+            return None
+
+        return stale
+
+
+def _age(span: timedelta) -> str:
+    hours = span.total_seconds() / 3600
+    if hours >= 48:
+        return f"{hours / 24:.0f} days"
+    if hours >= 1:
+        return f"{hours:.0f} hours"
+    return f"{hours * 60:.0f} minutes"
+
+
+def _without(edition: Edition, ids: set[str]) -> Edition:
+    if not ids:
+        return edition
+    return replace(
+        edition,
+        sections=tuple(
+            replace(s, articles=tuple(a for a in s.articles if a.id not in ids))
+            for s in edition.sections
+        ),
+    )
