@@ -12,7 +12,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +24,7 @@ import click
 
 from distributor import scheduling, starter
 from distributor.config import Config, load_config
+from distributor.daemon import Daemon, Printer
 from distributor.exceptions import (
     ConfigError,
     DistributorError,
@@ -30,7 +32,7 @@ from distributor.exceptions import (
     UnknownEditionError,
 )
 from distributor.models import DeliveryStatus
-from distributor.pipeline import Pipeline
+from distributor.pipeline import FINAL_STATES, Pipeline
 from distributor.reports import IngestReport, Recovery, RunReport
 from distributor.store import ALL_SCHEDULES, Store
 from distributor.subscribers import check_address, import_csv, write_csv
@@ -54,10 +56,42 @@ class State:
         store = _open_store(config)
         pipeline = Pipeline(config, store, env=os.environ)
         try:
-            yield pipeline
+            with _stop_on_signals(pipeline.stopping):
+                yield pipeline
         finally:
             pipeline.close()
             store.close()
+
+
+@contextmanager
+def _stop_on_signals(stopping: threading.Event) -> Iterator[None]:
+    """SIGTERM or Ctrl-C: the message in hand finishes, the rest stays pending for the next
+    run, and nothing is half-recorded. A second signal stops at once; a delivery caught in
+    flight is then settled when the bot next starts."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals reach the main thread only
+        return
+
+    first: list[float] = []
+
+    def _stop(signum: int, _frame: Any) -> None:
+        if first:
+            # The same signal sent to the whole process group (timeout(1), a shell) arrives
+            # twice at once: only a second request a moment later means "stop now".
+            if time.monotonic() - first[0] > 1.0:
+                raise KeyboardInterrupt
+            return
+        first.append(time.monotonic())
+        name = signal.Signals(signum).name
+        click.echo(f"stopping ({name}): finishing what is in hand; the rest waits", err=True)
+        stopping.set()
+
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _config_exit(exc: ConfigError) -> NoReturn:
@@ -243,7 +277,8 @@ def preview(state: State, schedule_name: str, out: str | None) -> None:
 
 def _print_run(report: RunReport, config: Config, *, articles: bool = True) -> None:
     zone = ZoneInfo(config.schedule(report.schedule).trigger.timezone)
-    zone_time = f"{report.fire_time.astimezone(zone):%Y-%m-%d %H:%M %Z}"
+    local = report.fire_time.astimezone(zone)
+    zone_time = f"{local:%Y-%m-%d %H:%M:%S %Z}" if local.second else f"{local:%Y-%m-%d %H:%M %Z}"
     label = "dry run" if report.dry_run else report.state
     if report.already:
         label += " (this edition ran before; nothing sent again)"
@@ -273,6 +308,13 @@ def _print_run(report: RunReport, config: Config, *, articles: bool = True) -> N
             line += f", {target.pending} waiting" if target.pending else ""
         line += f", {target.skipped} already done" if target.skipped else ""
         line += f", {target.dropped} no longer due" if target.dropped else ""
+        line += f", {target.stale} too old to post" if target.stale else ""
+        line += f", {target.retried} passing failure(s) retried" if target.retried else ""
+        if target.waiting and target.waiting_until:
+            until = target.waiting_until.astimezone(zone)
+            line += (
+                f", {target.waiting} held back by the {target.waiting_why} until {until:%H:%M %Z}"
+            )
         click.echo(f"  {target.channel}: {line}{where}")
         for error in target.errors[:5]:
             click.echo(f"    failed: {error}", err=True)
@@ -292,12 +334,16 @@ _SETTLED = {
 def _recover(pipeline: Pipeline, *, everything: bool = False) -> Recovery:
     """Settle what a crash left in flight, and send on what it interrupted; print it."""
     recovery = pipeline.recover(everything=everything)
+    _print_recovery(recovery, pipeline.config)
+    return recovery
+
+
+def _print_recovery(recovery: Recovery, config: Config) -> None:
     for channel, counts in recovery.settled.items():
         said = "; ".join(f"{n} {_SETTLED.get(status, status)}" for status, n in counts.items())
         click.echo(f"after a crash, {channel}: {said}")
     for report in recovery.editions:
-        _print_run(report, pipeline.config, articles=False)
-    return recovery
+        _print_run(report, config, articles=False)
 
 
 @cli.command("run-once")
@@ -320,8 +366,14 @@ def run_once(
             if ingest_failed:
                 _print_ingest(ingest_report)
         report = pipeline.run(schedule, fire_time, dry_run=dry_run)
-    _print_run(report, pipeline.config)
-    sys.exit(1 if report.failed or ingest_failed or (recovered and recovered.failed) else 0)
+        stopped = pipeline.stopping.is_set() and report.state not in FINAL_STATES
+    finished_above = recovered is not None and any(
+        r.edition_id == report.edition_id for r in recovered.editions
+    )
+    if not (report.already and finished_above):  # the recovery above printed it already
+        _print_run(report, pipeline.config)
+    failed = report.failed or ingest_failed or (recovered and recovered.failed)
+    sys.exit(1 if failed or stopped else 0)
 
 
 # --- run (the daemon) ------------------------------------------------------------------------
@@ -335,59 +387,29 @@ def run(state: State, run_now: bool, once: bool) -> None:
     """The daemon: read sources and run each schedule at its fire times, until stopped."""
     config = state.config()
     store = _open_store(config)
-    pipeline = Pipeline(config, store, env=os.environ)
-    lock = threading.Lock()
-    failed = False
-
-    def fire(schedule: Any, fire_time: datetime) -> None:
-        nonlocal failed
-        with lock:  # one pipeline run at a time in the embedded mode
-            # What a hold or a crash (of another process) left owed goes out first.
-            failed = _recover(pipeline, everything=True).failed or failed
-            ingest_report = pipeline.ingest()
-            if ingest_report.failed:
-                _print_ingest(ingest_report)
-                failed = True
-            report = pipeline.run(schedule, fire_time)
-            failed = failed or report.failed
-            _print_run(report, pipeline.config)
-
+    daemon = Daemon(
+        config=config,
+        store=store,
+        printer=Printer(
+            run=lambda report: _print_run(report, config),
+            ingest=_print_ingest,
+            recovery=lambda recovery: _print_recovery(recovery, config),
+            note=click.echo,
+        ),
+    )
     try:
-        failed = _recover(pipeline, everything=True).failed
-        if run_now or once:
-            click.echo("ingest:")
-            ingest_report = pipeline.ingest()
-            _print_ingest(ingest_report)
-            failed = failed or ingest_report.failed
+        with _stop_on_signals(daemon.stopping):
+            daemon.start_up(run_now=run_now or once)
+            if once:
+                sys.exit(1 if daemon.failed else 0)
             now = datetime.now(UTC)
+            click.echo("scheduler running; Ctrl-C to stop. Next runs:")
             for schedule in config.schedules:
-                report = pipeline.run(schedule, scheduling.latest_fire_time(schedule, now))
-                failed = failed or report.failed
-                _print_run(report, pipeline.config)
-        if once:
-            sys.exit(1 if failed else 0)
-        _serve(config, fire)
+                for upcoming in scheduling.next_fire_times(schedule, now, 1):
+                    click.echo(f"  {schedule.key}: {upcoming:%a %Y-%m-%d %H:%M:%S %Z}")
+            daemon.serve()
     finally:
-        pipeline.close()
         store.close()
-
-
-def _serve(config: Config, fire: Callable[[Any, datetime], None]) -> None:
-    scheduler = scheduling.Scheduler(config.schedules, fire)
-    stop = threading.Event()
-
-    def _stop(signum: int, _frame: Any) -> None:
-        click.echo(f"stopping ({signal.Signals(signum).name}); finishing what is in flight")
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    now = datetime.now(UTC)
-    click.echo("scheduler running; Ctrl-C to stop. Next runs:")
-    for schedule in config.schedules:
-        for upcoming in scheduling.next_fire_times(schedule, now, 1):
-            click.echo(f"  {schedule.key}: {upcoming:%a %Y-%m-%d %H:%M %Z}")
-    scheduler.run_until(stop)
 
 
 # --- deliveries ------------------------------------------------------------------------------
@@ -426,14 +448,19 @@ def deliveries(
         click.echo("no deliveries match")
         return
     click.echo(
-        f"{'WHEN (UTC)':<19}  {'STATUS':<8} {'SCHEDULE':<16} {'CHANNEL':<14} "
+        f"{'WHEN (UTC)':<19}  {'STATUS':<8} {'TRIES':>5} {'SCHEDULE':<16} {'CHANNEL':<14} "
         f"{'RECIPIENT':<30} MESSAGE  [ERROR CLASS] REASON"
     )
     for row in rows:
         when = (row.sent_at or row.updated_at).strftime("%Y-%m-%d %H:%M:%S")
-        reason = f"  [{row.error_class}] {row.last_error}" if row.last_error else ""
+        reason = ""
+        if row.last_error:
+            kind = f"[{row.error_class}] " if row.error_class else ""
+            reason = f"  {kind}{row.last_error}"
+        if row.status == DeliveryStatus.PENDING and row.next_attempt_at:
+            reason += f"; next try {row.next_attempt_at:%Y-%m-%d %H:%M:%S} UTC"
         click.echo(
-            f"{when}  {row.status:<8} {row.schedule:<16} {row.channel:<14} "
+            f"{when}  {row.status:<8} {row.attempts:>5} {row.schedule:<16} {row.channel:<14} "
             f"{row.recipient:<30} {row.message_key[:40]}{reason}"
         )
 

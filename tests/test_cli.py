@@ -56,7 +56,7 @@ def test_schedules_shows_next_fire_times_in_each_timezone(tmp_path: Path) -> Non
     daily = [datetime.fromisoformat(t) for t in rows["daily-digest"]["next"]]
     assert [(t.hour, t.utcoffset()) for t in daily] == [(7, timedelta(hours=7))] * 2
     assert rows["weekly-most-read"]["trigger"] == "0 8 * * mon"
-    assert rows["breaking-alerts"]["trigger"] == "every 3m"
+    assert rows["breaking-alerts"]["trigger"] == "every 5s"
     text = invoke(config, {}, "schedules").output
     assert "daily-digest  (0 7 * * *, Asia/Bangkok)" in text
     assert "07:00 +07" in text
@@ -138,5 +138,5 @@ def test_db_upgrade_and_deliveries_filters(subscribed_example: Path, env: dict[s
     header, *table = invoke(
         subscribed_example, env, "deliveries", "--limit", "3"
     ).output.splitlines()
-    assert header.split()[:4] == ["WHEN", "(UTC)", "STATUS", "SCHEDULE"]
-    assert len(table) == 3 and all(" sent " in line for line in table)
+    assert header.split()[:5] == ["WHEN", "(UTC)", "STATUS", "TRIES", "SCHEDULE"]
+    assert len(table) == 3 and all(line.split()[2:4] == ["sent", "1"] for line in table)

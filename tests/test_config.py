@@ -287,11 +287,20 @@ CASES = [
     Case(
         "interval too short",
         BREAKING,
-        "interval: 3m",
         "interval: 5s",
-        "interval: 5s",
+        "interval: 2s",
+        "interval: 2s",
         "trigger.interval",
-        "interval must be at least 10s",
+        "interval must be at least 5s",
+    ),
+    Case(
+        "jitter on a cron schedule",
+        DAILY,
+        'cron: "0 7 * * *"\n',
+        'cron: "0 7 * * *"\n  jitter: 5m\n',
+        "trigger:",
+        "trigger",
+        "jitter applies to interval triggers",
     ),
     Case(
         "a missing key is blamed on the mapping that lacks it",
@@ -327,7 +336,7 @@ CASES = [
         "  x:\n    type: carrier-pigeon\n",
         "type: carrier-pigeon",
         "channels.x.type",
-        "unknown channel type 'carrier-pigeon' (known: file)",
+        "unknown channel type 'carrier-pigeon' (known: file, smtp, webhook)",
     ),
     Case(
         "channel that is not a mapping",
@@ -526,7 +535,7 @@ def test_every_problem_is_reported_at_once(root: Path) -> None:
     edit(config, "    type: rss\n", "    type: rss\n    auth_token_env: FEED_TOKEN\n")
     edit(root / DAILY, 'cron: "0 7 * * *"', 'cron: "0 25 * * *"')
     edit(root / WEEKLY, "- channel: email", "- channel: fax")
-    edit(root / BREAKING, "interval: 3m", "interval: [3m")
+    edit(root / BREAKING, "interval: 5s", "interval: [5s")
 
     expected = [
         (CONFIG, line_of(config, "timezone:"), "site.timezone", "unknown timezone"),
@@ -543,7 +552,7 @@ def test_every_problem_is_reported_at_once(root: Path) -> None:
             line_of(root / BREAKING, "timezone:"),
             "",
             "YAML syntax error: expected ',' or ']', but got ':' (while parsing a flow "
-            f"sequence that starts on line {line_of(root / BREAKING, 'interval: [3m')})",
+            f"sequence that starts on line {line_of(root / BREAKING, 'interval: [5s')})",
         ),
         (DAILY, line_of(root / DAILY, "cron:"), "trigger.cron", "bad cron expression"),
         (WEEKLY, line_of(root / WEEKLY, "channel: fax"), "deliver[0].channel", "no channel"),

@@ -83,14 +83,19 @@ def test_each_builtin_plugin_has_its_options_schema() -> None:
         builtins = {n for n, c in load_group(group).items() if c.__module__.startswith("distrib")}
         assert builtins, group
         for name in builtins:
-            options = load_group(group)[name].Options.model_json_schema()
-            subschema = defs[f"{noun}.{name}"]
+            key = f"{noun}.{name}"
+            options = load_group(group)[name].Options.model_json_schema(
+                ref_template=f"#/$defs/{key}.{{model}}"
+            )
+            subschema = defs[key]
+            for nested, definition in options.get("$defs", {}).items():
+                assert defs[f"{key}.{nested}"] == definition, (name, nested)
             assert subschema["properties"]["type"]["const"] == name
             assert subschema["required"][0] == "type"
             assert subschema["additionalProperties"] is False
             # Every option of the model, as the model describes it (including *_env options).
-            for key, value in options["properties"].items():
-                assert subschema["properties"][key] == value, (name, key)
+            for option, value in options["properties"].items():
+                assert subschema["properties"][option] == value, (name, option)
         third_party = defs[f"{noun}.third-party"]["properties"]["type"]
         assert sorted(third_party["not"]["enum"]) == sorted(builtins)
 

@@ -159,11 +159,15 @@ class Settings(_Model):
 class Trigger(_Model):
     """When a schedule fires: a cron expression or an interval, in an IANA timezone."""
 
-    # The JSON Schema says "exactly one of cron and interval" too (a null one counts as absent).
+    # The JSON Schema says "exactly one of cron and interval" too (a null one counts as absent),
+    # and that jitter goes with an interval.
     model_config = ConfigDict(
         json_schema_extra={
             "oneOf": [
-                {"required": ["cron"], "properties": {"cron": {"type": "string"}}},
+                {
+                    "required": ["cron"],
+                    "properties": {"cron": {"type": "string"}, "jitter": {"type": "null"}},
+                },
                 {
                     "required": ["interval"],
                     "properties": {"interval": {"type": ["string", "number"]}},
@@ -179,6 +183,20 @@ class Trigger(_Model):
     )
     interval: Duration | None = None
     timezone: Timezone = "UTC"
+    grace: Duration | None = Field(
+        default=None,
+        description=(
+            "How late a run missed while the bot was down may still go out when it starts. "
+            "Default: 1h for cron; the interval, at most 1h, for interval schedules."
+        ),
+    )
+    jitter: Duration | None = Field(
+        default=None,
+        description=(
+            "Interval schedules only: start each run up to this much later, at random "
+            "(the edition keeps its nominal fire time). Less than the interval."
+        ),
+    )
 
     @field_validator("cron")
     @classmethod
@@ -194,14 +212,26 @@ class Trigger(_Model):
     @field_validator("interval")
     @classmethod
     def _check_interval(cls, value: timedelta | None) -> timedelta | None:
-        if value is not None and value < timedelta(seconds=10):
-            raise ValueError("interval must be at least 10s")
+        if value is not None and value < timedelta(seconds=5):
+            raise ValueError("interval must be at least 5s")
+        return value
+
+    @field_validator("grace", "jitter")
+    @classmethod
+    def _not_negative(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value < timedelta(0):
+            raise ValueError("must not be negative")
         return value
 
     @model_validator(mode="after")
     def _one_kind(self) -> Trigger:
         if (self.cron is None) == (self.interval is None):
             raise ValueError("give exactly one of cron or interval")
+        if self.jitter is not None:
+            if self.interval is None:
+                raise ValueError("jitter applies to interval triggers")
+            if self.jitter >= self.interval:
+                raise ValueError("jitter must be less than the interval")
         return self
 
 

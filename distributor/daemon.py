@@ -1,0 +1,196 @@
+"""``distributor run``: the scheduler, a pipeline per run, and the outbox kept moving.
+
+Each fire of a schedule gets a pipeline of its own, so schedules run side by side (a breaking
+poll is not stuck behind a 50,000-reader digest) while one schedule never runs twice at once
+(:class:`distributor.scheduling.Scheduler`). Between fires, every few seconds, the daemon
+settles what a dead process left in ``sending`` and sends what waited in the outbox and is now
+due (a retry after its backoff, posts a daily cap held back). On start, runs missed while the
+bot was down are caught up by the schedule's grace, and the older ones recorded as ``missed``.
+A stop (SIGTERM, Ctrl-C) lets the messages in hand finish, leaves the rest pending, and waits
+for the runs in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from distributor import scheduling
+from distributor.config import Config, Schedule
+from distributor.pipeline import Pipeline
+from distributor.reports import IngestReport, Recovery, RunReport
+from distributor.scheduling import CatchUp
+from distributor.store import Store
+
+log = logging.getLogger(__name__)
+
+HOUSEKEEPING_EVERY = 5.0
+"""Seconds between two looks at the outbox for what is due, and at what a crash left."""
+
+DOWN = "while the bot was down"
+
+
+@dataclass(kw_only=True)
+class Printer:
+    """Where the daemon tells what it does (the CLI prints; tests may collect)."""
+
+    run: Callable[[RunReport], None]
+    ingest: Callable[[IngestReport], None]
+    recovery: Callable[[Recovery], None]
+    note: Callable[[str], None]
+
+
+@dataclass(kw_only=True)
+class Daemon:
+    config: Config
+    store: Store
+    printer: Printer
+    env: Mapping[str, str] = field(default_factory=lambda: os.environ)
+    stopping: threading.Event = field(default_factory=threading.Event)
+    """Set to stop: the runs in flight finish the message in hand and leave the rest."""
+    failed: bool = False
+    _source_errors: dict[str, str] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _pipelines: dict[str, Pipeline] = field(default_factory=dict)
+
+    def pipeline(self) -> Pipeline:
+        return Pipeline(self.config, self.store, env=self.env, stopping=self.stopping)
+
+    def pipeline_of(self, user: str) -> Pipeline:
+        """The pipeline kept for ``user`` (a schedule, or housekeeping), which runs one thing at
+        a time: its templates and channel connections last from one fire to the next."""
+        with self._lock:
+            if user not in self._pipelines:
+                self._pipelines[user] = self.pipeline()
+            return self._pipelines[user]
+
+    def close(self) -> None:
+        with self._lock:
+            pipelines, self._pipelines = list(self._pipelines.values()), {}
+        for pipeline in pipelines:
+            pipeline.close()
+
+    # --- one fire of a schedule -----------------------------------------------------------------
+
+    def fire(self, schedule: Schedule, fire_time: datetime) -> RunReport | None:
+        """Read the sources this schedule needs, then run its edition of ``fire_time``."""
+        if self.stopping.is_set():
+            return None
+        pipeline = self.pipeline_of(f"schedule:{schedule.key}")
+        needs_views = any(s.kind == "most_read" for s in schedule.select.sections)
+        self._note_sources(pipeline.ingest(popularity=needs_views))
+        report = pipeline.run(schedule, fire_time)
+        if report.failed:
+            self.failed = True
+        if report.stored:  # a poll that found nothing new says nothing
+            self.printer.run(report)
+        return report
+
+    def _note_sources(self, report: IngestReport) -> None:
+        """Print a source's failure when it starts or changes, and when it is over: a feed down
+        for an hour under a 5-second poll is one line, not 720."""
+        with self._lock:
+            changed = IngestReport()
+            for source in report.sources:
+                before = self._source_errors.get(source.name)
+                if source.error and source.error != before:
+                    self._source_errors[source.name] = source.error
+                    changed.sources.append(source)
+                    self.failed = True
+                elif not source.error and before is not None:
+                    del self._source_errors[source.name]
+                    self.printer.note(f"source {source.name} is readable again")
+        if changed.sources:
+            self.printer.ingest(changed)
+
+    # --- between fires ----------------------------------------------------------------------
+
+    def housekeeping(self) -> None:
+        """Settle what a dead process left in ``sending``; send what is due in the outbox."""
+        pipeline = self.pipeline_of("housekeeping")
+        recovery = pipeline.recover()
+        if recovery.settled or recovery.editions:
+            self.printer.recovery(recovery)
+        for report in pipeline.resume_due():
+            self.failed = self.failed or report.failed
+            self.printer.run(report)
+
+    def _keep_house(self) -> None:
+        while not self.stopping.wait(HOUSEKEEPING_EVERY):
+            try:
+                self.housekeeping()
+            except Exception:  # the next round tries again; the cause is in the log
+                log.exception("housekeeping failed")
+
+    # --- start and stop -----------------------------------------------------------------------
+
+    def start_up(self, *, run_now: bool) -> None:
+        """Before the scheduler starts: settle a crash, finish what was owed, and with
+        ``run_now`` run every schedule's latest edition."""
+        pipeline = self.pipeline()
+        try:
+            recovery = pipeline.recover(everything=True)
+            self.printer.recovery(recovery)
+            self.failed = self.failed or recovery.failed
+            if not run_now:
+                return
+            self.printer.note("ingest:")
+            ingested = pipeline.ingest()
+            self.printer.ingest(ingested)
+            self.failed = self.failed or ingested.failed
+            now = datetime.now(UTC)
+            for schedule in self.config.schedules:
+                if self.stopping.is_set():
+                    break
+                report = pipeline.run(schedule, scheduling.latest_fire_time(schedule, now))
+                self.failed = self.failed or report.failed
+                self.printer.run(report)
+        finally:
+            pipeline.close()
+
+    def missed(self, schedule: Schedule, settled: CatchUp) -> None:
+        """Runs that will not go out: said, and those missed while the bot was down recorded as
+        an edition in state ``missed`` (named by the last of them), so `distributor editions`
+        shows the gap. (The scheduler has logged it already.)"""
+        if settled.why != DOWN or settled.last_missed is None:
+            return
+        self.store.claim_edition(
+            schedule.key,
+            settled.last_missed.astimezone(UTC).replace(microsecond=0),
+            state="missed",
+            sections=[],
+            reason=settled.describe(),
+        )
+
+    def serve(self) -> None:
+        """Fire schedules until :attr:`stopping` is set; then finish what is in flight."""
+        last_fires = {
+            s.key: fire for s in self.config.schedules if (fire := self._last_fire(s.key))
+        }
+        scheduler = scheduling.Scheduler(
+            self.config.schedules,
+            self._fire,
+            missed=self.missed,
+            last_fires=last_fires,
+        )
+        keeper = threading.Thread(target=self._keep_house, name="housekeeping", daemon=True)
+        keeper.start()
+        try:
+            scheduler.run_until(self.stopping)
+        finally:
+            self.stopping.set()
+            keeper.join(timeout=HOUSEKEEPING_EVERY * 2)
+            self.close()
+
+    def _last_fire(self, schedule: str) -> datetime | None:
+        """The latest fire time this schedule ran for: recorded, or named by an edition."""
+        times = [t for t in [self.store.last_fire_time(schedule)] if t is not None]
+        times += [e.fire_time for e in self.store.editions(schedule=schedule, limit=1)]
+        return max(times, default=None)
+
+    def _fire(self, schedule: Schedule, fire_time: datetime) -> None:
+        self.fire(schedule, fire_time)
