@@ -1,0 +1,334 @@
+"""The ``smtp`` channel: sends each email to its recipient through an SMTP server.
+
+It uses the standard library's :mod:`smtplib`, blocking, because the delivery engine is
+synchronous and calls :meth:`SMTPChannel.send` directly: there is no event loop to start, own or
+shut down, and no dependency to add. Concurrency comes from the engine's threads or processes;
+``send`` is thread-safe, and a small pool of persistent connections (``connections``) lets several
+threads send at once without opening a connection per message.
+
+Each connection carries at most ``max_messages_per_connection`` messages, then says QUIT and a new
+one is opened (servers limit messages per session, and a long session holds a server slot). A
+connection that failed in any way is closed and never used again. A message counts as sent only
+once the server answers 250 to its DATA.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import smtplib
+import ssl
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.utils import parseaddr
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+
+from distributor.channels.base import Channel, ChannelKind
+from distributor.exceptions import DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from distributor.models import DeliveryResult, Message, Secret
+from distributor.plugins import PluginOptions
+from distributor.rendering.email import to_mime
+
+log = logging.getLogger(__name__)
+
+# Where a server's 250 to DATA names the queue entry: Postfix and most others say
+# "queued as ID", Exim says "id=ID".
+_QUEUE_ID = re.compile(r"queued as ([^\s;,]+)|\bid=([^\s;,]+)", re.IGNORECASE)
+
+
+@dataclass(kw_only=True)
+class _Connection:
+    smtp: smtplib.SMTP
+    sent: int = 0
+
+
+class _StaleConnection(Exception):
+    """A pooled connection turned out to be closed before this message was started."""
+
+
+class SMTPChannel(Channel):
+    """Sends email through an SMTP server (a relay, a mail provider's submission port)."""
+
+    class Options(Channel.Options):
+        host: str = Field(min_length=1, description="The SMTP server's host name or address.")
+        port: int = Field(
+            default=587, ge=1, le=65535, description="587 for submission, 465 for implicit TLS."
+        )
+        security: Literal["starttls", "tls", "none"] = Field(
+            default="starttls",
+            description="starttls: upgrade with STARTTLS, and refuse to send if the server does "
+            "not offer it; tls: TLS from the start (port 465); none: plain text (local relays).",
+        )
+        verify_tls: bool = Field(
+            default=True,
+            description="Check the server's certificate and name. Turn off only for a local "
+            "server with a self-signed certificate.",
+        )
+        username: str | None = Field(default=None, description="Log in as this user (SMTP AUTH).")
+        password_env: str | None = Field(
+            default=None, description="The environment variable holding the SMTP password."
+        )
+        envelope_from: str | None = Field(
+            default=None,
+            description="The envelope sender (where bounces go); by default the From address.",
+        )
+        local_hostname: str | None = Field(
+            default=None,
+            description="The name to greet the server with (EHLO); by default "
+            "this machine's fully qualified name.",
+        )
+        timeout: PositiveFloat = Field(
+            default=30.0, description="Seconds to wait for the server before giving up."
+        )
+        connections: PositiveInt = Field(
+            default=1, description="How many connections may be open to the server at once."
+        )
+        max_messages_per_connection: PositiveInt = Field(
+            default=100, description="Messages sent over one connection before opening a new one."
+        )
+
+        @model_validator(mode="after")
+        def _login_needs_both(self) -> SMTPChannel.Options:
+            if (self.username is None) != (self.password_env is None):
+                raise ValueError("username and password_env go together: set both or neither")
+            return self
+
+    options: Options
+    kind: ClassVar[ChannelKind] = "email"
+
+    def __init__(
+        self, *, name: str, options: PluginOptions, secrets: Mapping[str, Secret], root: Path
+    ) -> None:
+        super().__init__(name=name, options=options, secrets=secrets, root=root)
+        self._lock = threading.Condition()
+        self._idle: list[_Connection] = []
+        self._open = 0
+        self._tls: ssl.SSLContext | None = None
+
+    @property
+    def server(self) -> str:
+        return f"{self.options.host}:{self.options.port}"
+
+    def send(self, message: Message) -> DeliveryResult:
+        mime = to_mime(message)
+        sender = self.options.envelope_from or parseaddr(str(mime.get("From", "")))[1]
+        if not sender:
+            raise PermanentDeliveryError(
+                "no envelope sender: the message has no From address and no envelope_from is set"
+            )
+        data = bytes(mime)
+        needs_utf8 = not (sender.isascii() and message.recipient.isascii())
+        try:
+            reply = self._send_pooled(sender, message.recipient, data, needs_utf8)
+        except (smtplib.SMTPException, OSError) as exc:
+            raise self._delivery_error(exc) from exc
+        found = _QUEUE_ID.search(reply)
+        queue_id = (found.group(1) or found.group(2)) if found else None
+        message_id = mime.get("Message-ID")
+        return DeliveryResult(
+            remote_id=queue_id or (str(message_id) if message_id else None), detail=f"250 {reply}"
+        )
+
+    def confirm(self, message: Message) -> DeliveryResult | None:
+        """SMTP cannot tell whether a message went out; the stable Message-ID makes a resend
+        recognisable."""
+        return None
+
+    def close(self) -> None:
+        """Say QUIT on every idle connection."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for connection in idle:
+            self._discard(connection, quit=True)
+
+    # The pool. `_open` counts connections that exist, idle or in use (or being opened), so a
+    # new one is opened only while fewer than `connections` exist.
+
+    def _send_pooled(self, sender: str, recipient: str, data: bytes, needs_utf8: bool) -> str:
+        while True:
+            connection = self._checkout()
+            try:
+                reply = self._transact(connection, sender, recipient, data, needs_utf8)
+            except _StaleConnection:
+                # The server closed an idle connection (its idle timeout, say) before this
+                # message was started: try the next one; a new connection is never stale.
+                self._discard(connection, quit=False)
+                continue
+            except BaseException:
+                self._discard(connection, quit=False)
+                raise
+            break
+        connection.sent += 1
+        if connection.sent >= self.options.max_messages_per_connection:
+            self._discard(connection, quit=True)
+        else:
+            with self._lock:
+                self._idle.append(connection)
+                self._lock.notify()
+        return reply
+
+    def _checkout(self) -> _Connection:
+        with self._lock:
+            while True:
+                if self._idle:
+                    return self._idle.pop()
+                if self._open < self.options.connections:
+                    self._open += 1
+                    break
+                self._lock.wait()
+        try:
+            return _Connection(smtp=self._connect())
+        except BaseException:
+            with self._lock:
+                self._open -= 1
+                self._lock.notify()
+            raise
+
+    def _discard(self, connection: _Connection, *, quit: bool) -> None:
+        try:
+            if quit:
+                connection.smtp.quit()
+            else:
+                connection.smtp.close()
+        except (smtplib.SMTPException, OSError):
+            connection.smtp.close()
+        finally:
+            with self._lock:
+                self._open -= 1
+                self._lock.notify()
+
+    # The protocol.
+
+    def _connect(self) -> smtplib.SMTP:
+        options = self.options
+        # The constructors connect and read the greeting; they close the socket when that fails.
+        # (Connecting later would lose the host name that TLS checks the certificate against.)
+        smtp: smtplib.SMTP
+        if options.security == "tls":
+            smtp = smtplib.SMTP_SSL(
+                options.host,
+                options.port,
+                local_hostname=options.local_hostname,
+                timeout=options.timeout,
+                context=self._tls_context(),
+            )
+        else:
+            smtp = smtplib.SMTP(
+                options.host,
+                options.port,
+                local_hostname=options.local_hostname,
+                timeout=options.timeout,
+            )
+        try:
+            smtp.ehlo_or_helo_if_needed()
+            if options.security == "starttls":
+                if not smtp.has_extn("starttls"):
+                    raise PermanentDeliveryError(
+                        f"SMTP server {self.server} does not offer STARTTLS; refusing to send in "
+                        "clear text (set security: tls for port 465, or none for a local relay)"
+                    )
+                smtp.starttls(context=self._tls_context())
+                smtp.ehlo()
+            if options.username is not None:
+                password = self.secrets.get("password")
+                if password is None:
+                    raise PermanentDeliveryError(
+                        f"no password for SMTP user {options.username!r} "
+                        f"(set the variable named by password_env)"
+                    )
+                try:
+                    smtp.login(options.username, password.reveal())
+                except smtplib.SMTPAuthenticationError as exc:
+                    if 400 <= exc.smtp_code < 500:
+                        raise  # a passing failure, mapped like any 4xx
+                    raise PermanentDeliveryError(
+                        f"SMTP server {self.server} refused the credentials of user "
+                        f"{options.username!r}: {_reply(exc.smtp_code, exc.smtp_error)}"
+                    ) from exc
+        except BaseException:
+            smtp.close()
+            raise
+        log.debug("opened an SMTP connection to %s", self.server)
+        return smtp
+
+    def _tls_context(self) -> ssl.SSLContext:
+        if self._tls is None:
+            context = ssl.create_default_context()
+            if not self.options.verify_tls:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            self._tls = context
+        return self._tls
+
+    def _transact(
+        self, connection: _Connection, sender: str, recipient: str, data: bytes, needs_utf8: bool
+    ) -> str:
+        """MAIL, RCPT, DATA for one recipient; the text of the server's final 250."""
+        smtp = connection.smtp
+        mail_options: list[str] = []
+        if needs_utf8:
+            if not smtp.has_extn("smtputf8"):
+                raise PermanentDeliveryError(
+                    f"SMTP server {self.server} does not take non-ASCII addresses (no SMTPUTF8): "
+                    f"{recipient}"
+                )
+            mail_options.append("SMTPUTF8")
+        if not data.isascii() and smtp.has_extn("8bitmime"):
+            mail_options.append("BODY=8BITMIME")
+        if smtp.has_extn("size"):
+            mail_options.append(f"SIZE={len(data)}")
+        try:
+            code, text = smtp.mail(sender, mail_options)
+        except smtplib.SMTPServerDisconnected as exc:  # smtplib's name for any broken socket
+            if connection.sent:
+                raise _StaleConnection from exc
+            raise
+        if code == 421 and connection.sent:  # "closing": an idle timeout, typically
+            raise _StaleConnection
+        if code != 250:
+            raise smtplib.SMTPSenderRefused(code, text, sender)
+        code, text = smtp.rcpt(recipient)
+        if code not in (250, 251):
+            raise smtplib.SMTPRecipientsRefused({recipient: (code, text)})
+        code, text = smtp.data(data)
+        if code != 250:
+            raise smtplib.SMTPDataError(code, text)
+        return _text(text)
+
+    def _delivery_error(self, exc: smtplib.SMTPException | OSError) -> DeliveryError:
+        """The library's error as a delivery error: 4xx and network trouble pass, 5xx do not."""
+        where = f"SMTP server {self.server}"
+        if isinstance(exc, smtplib.SMTPRecipientsRefused):
+            code, text = next(iter(exc.recipients.values()), (-1, b"recipient refused"))
+            return _by_code(code, f"{where} refused the recipient: {_reply(code, text)}")
+        if isinstance(exc, smtplib.SMTPResponseException):
+            return _by_code(
+                exc.smtp_code, f"{where} answered {_reply(exc.smtp_code, exc.smtp_error)}"
+            )
+        if isinstance(exc, smtplib.SMTPServerDisconnected):
+            return TransientDeliveryError(f"{where} closed the connection: {exc}")
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return PermanentDeliveryError(
+                f"{where}: its certificate could not be verified ({exc.verify_message})"
+            )
+        if isinstance(exc, OSError):
+            return TransientDeliveryError(f"{where}: {type(exc).__name__}: {exc}")
+        return PermanentDeliveryError(f"{where}: {exc}")
+
+
+def _text(text: bytes | str) -> str:
+    return text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+
+
+def _reply(code: int, text: bytes | str) -> str:
+    return f"{code} {_text(text)}".replace("\n", " ")
+
+
+def _by_code(code: int, reason: str) -> DeliveryError:
+    if 500 <= code < 600:
+        return PermanentDeliveryError(reason)
+    return TransientDeliveryError(reason)  # 4xx, and replies too garbled to trust either way
