@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import OperationalError
 
 from sample.site import SampleSite, serve_in_thread
 
@@ -57,3 +60,30 @@ def subscribed_example(example: Path) -> Path:
     )
     assert result.exit_code == 0, result.output
     return example
+
+
+POSTGRES_URL = os.environ.get(
+    "DISTRIBUTOR_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+HOW_TO_START = (
+    "These tests need PostgreSQL. Start the local server (Debian/Ubuntu: "
+    "`sudo service postgresql start`; with Docker: `docker run -d -p 5432:5432 "
+    "-e POSTGRES_HOST_AUTH_METHOD=trust -e POSTGRES_DB=test postgres:16`), check it with "
+    "`psql -h 127.0.0.1 -U postgres test -c 'select 1'`, or point DISTRIBUTOR_TEST_POSTGRES_URL "
+    "at another server."
+)
+
+
+@pytest.fixture(scope="session")
+def postgres_admin() -> Iterator[Engine]:
+    """The PostgreSQL server of the tests; unreachable, the test fails and says how to start
+    it (never skips: CI runs it)."""
+    engine = create_engine(POSTGRES_URL)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+    except OperationalError as exc:
+        engine.dispose()
+        pytest.fail(f"cannot reach PostgreSQL at {POSTGRES_URL}: {exc.orig}\n{HOW_TO_START}")
+    yield engine
+    engine.dispose()
