@@ -3,11 +3,12 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
-SAMPLE_PORT ?= 8765
+# The example distributor.yaml reads the sample site here; change both together.
+SAMPLE_PORT = 8765
 # ONCE=1 stops after the first pass instead of keeping the scheduler running.
 RUN_FLAGS = $(if $(ONCE),--once,--now)
 
-.PHONY: run test clean
+.PHONY: run test bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,11 +20,16 @@ run: $(STAMP)
 	@$(BIN)/python -m sample.demo --port $(SAMPLE_PORT) -- $(RUN_FLAGS)
 
 test: $(STAMP)
-	$(BIN)/ruff check distributor tests sample
-	$(BIN)/ruff format --check distributor tests sample
+	$(BIN)/ruff check distributor tests sample bench
+	$(BIN)/ruff format --check distributor tests sample bench
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
+# Benchmarks, one module each in bench/ (see docs/benchmarks.md); each exits non-zero when it
+# misses its target. BENCH_FLAGS goes to every one, e.g. `make bench BENCH_FLAGS="--seed 2"`.
+BENCHES = bench.breaking_news
+bench: $(STAMP)
+	@for module in $(BENCHES); do $(BIN)/python -m $$module $(BENCH_FLAGS) || exit 1; done
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

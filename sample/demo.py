@@ -39,7 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"cannot serve the sample site on 127.0.0.1:{options.port}: {exc}", file=sys.stderr)
         print(
-            "stop what uses that port, or run `make run SAMPLE_PORT=<free port>`", file=sys.stderr
+            "stop what uses that port: the example distributor.yaml reads the sample site there",
+            file=sys.stderr,
         )
         return 1
     print(f"sample site: {site.base_url}/ (feed {site.base_url}/feed.xml)", flush=True)
