@@ -138,11 +138,48 @@ _TRACKING = ("utm_", "fbclid", "gclid", "mc_cid", "mc_eid", "igshid", "_hsenc", 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
+_AMP_QUERY = {("amp", None), ("outputtype", "amp"), ("amp_js_v", None), ("usqp", None)}
+_AMP_CACHE = ".cdn.ampproject.org"
+
+
+def _is_amp_parameter(key: str, value: str) -> bool:
+    key = key.lower()
+    return (key, None) in _AMP_QUERY or (key, value.lower()) in _AMP_QUERY
+
+
+def _without_amp(scheme: str, host: str, path: str) -> tuple[str, str, str]:
+    """The page an AMP address stands for: Google's AMP cache (``host.cdn.ampproject.org/c/s/
+    news.example/story``), an ``amp.`` host, an ``/amp`` path segment at either end, and
+    ``story.amp.html``."""
+    if host.endswith(_AMP_CACHE):
+        parts = path.split("/", 4)  # "", "c" or "v", "s" (https) or not, host, rest
+        if len(parts) >= 4 and parts[1] in {"c", "v"}:
+            secure = parts[2] == "s"
+            inner = parts[3:] if secure else parts[2:]
+            host, path = inner[0].lower(), "/" + "/".join(inner[1:])
+            scheme = "https" if secure else "http"
+    if host.startswith("amp.") and host.count(".") >= 2:
+        host = host[4:]
+    if path.endswith("/amp") or path.endswith("/amp/"):
+        path = path.rstrip("/")[: -len("/amp")] or "/"
+    elif path.startswith("/amp/"):
+        path = path[len("/amp") :]
+    if path.endswith(".amp.html"):
+        path = path[: -len(".amp.html")] + ".html"
+    return scheme, host, path
+
+
 def normalise_url(url: str) -> str:
-    """A canonical form of ``url`` for telling whether two links are the same article."""
+    """A canonical form of ``url`` for telling whether two links are the same article.
+
+    Scheme and host lower-case, default ports dropped, tracking parameters (``utm_*``,
+    ``fbclid`` ...) removed, one form for a trailing slash, no fragment, and an AMP address
+    turned into the page it stands for.
+    """
     parts = urlsplit(url.strip())
     scheme = parts.scheme.lower()
     host = (parts.hostname or "").lower()
+    scheme, host, path = _without_amp(scheme, host, parts.path)
     if ":" in host:  # an IPv6 address keeps its brackets
         host = f"[{host}]"
     port = parts.port
@@ -151,10 +188,10 @@ def normalise_url(url: str) -> str:
         [
             (k, v)
             for k, v in parse_qsl(parts.query, keep_blank_values=True)
-            if not k.lower().startswith(_TRACKING)
+            if not k.lower().startswith(_TRACKING) and not _is_amp_parameter(k, v)
         ]
     )
-    path = parts.path.rstrip("/") or "/"
+    path = path.rstrip("/") or "/"
     return urlunsplit((scheme, netloc, path, query, ""))
 
 
