@@ -69,7 +69,8 @@ def pick_section(
     views: Mapping[str, int] | None = None,
     taken: Collection[str] = (),
 ) -> Section:
-    """One section: breaking newest first; most-read by views (ties: newer first); latest."""
+    """One section: breaking newest first; most-read by views (ties: newer first); a topic's
+    articles newest first; latest."""
     pool = [a for a in candidates if a.id not in taken and _within(a, spec.window, now)]
     if spec.kind == "breaking":
         chosen = sorted((a for a in pool if a.breaking), key=_newest_first)
@@ -79,11 +80,16 @@ def pick_section(
         scored = [a for a in pool if counts.get(a.id) is not None]
         chosen = sorted(scored, key=lambda a: (-counts[a.id], *_newest_first(a)))
         chosen = [replace(a, views=counts[a.id]) for a in chosen]
+    elif spec.kind == "topic":
+        wanted = {t.casefold() for t in spec.topics}
+        chosen = sorted(
+            (a for a in pool if wanted & {t.casefold() for t in a.topics}), key=_newest_first
+        )
     else:
         chosen = sorted(pool, key=_newest_first)
     return Section(
         kind=spec.kind,
-        title=spec.title or DEFAULT_TITLES[spec.kind],
+        title=spec.title or DEFAULT_TITLES.get(spec.kind) or ", ".join(spec.topics),
         articles=tuple(chosen[: spec.limit]),
     )
 

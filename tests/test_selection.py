@@ -117,3 +117,39 @@ def test_restrict_to_topics_narrows_every_section() -> None:
 )
 def test_window_key(hours: int, key: str) -> None:
     assert window_key(timedelta(hours=hours)) == key
+
+
+def test_topic_sections_hold_their_topics_newest_first_without_repeats() -> None:
+    spec = selection(
+        sections=[
+            {"kind": "breaking", "window": "24h"},
+            {"kind": "topic", "topics": ["diabetes", "Eye Health"], "window": "24h"},
+            {"kind": "topic", "topics": ["Cancer"], "title": "Cancer research"},
+        ]
+    )
+    edition = build_edition("digest", NOW, spec, ARTICLES, views=VIEWS)
+    breaking, eyes_and_sugar, cancer = edition.sections
+    assert ids(breaking) == ["b-new", "b-old"]
+    assert ids(eyes_and_sugar) == ["tie-newer", "popular", "tie-older"]
+    assert eyes_and_sugar.title == "diabetes, Eye Health"
+    assert (cancer.title, ids(cancer)) == ("Cancer research", [])  # b-old is in breaking
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"kind": "topic"}, "a topic section needs `topics`"),
+        ({"kind": "latest", "topics": ["Cancer"]}, "`topics` belongs to sections of kind: topic"),
+    ],
+)
+def test_topic_sections_are_checked(section: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        selection(sections=[section])
+
+
+def test_most_read_never_counts_an_article_without_views_and_orders_ties_by_recency() -> None:
+    spec = selection(sections=[{"kind": "most_read", "window": "24h", "limit": 10}])
+    (most_read,) = build_edition("digest", NOW, spec, ARTICLES, views=VIEWS).sections
+    assert "no-views" not in ids(most_read) and "b-stale" not in ids(most_read)
+    assert ids(most_read) == ["b-new", "popular", "tie-newer", "tie-older"]
+    assert [a.views for a in most_read.articles] == [9000, 5000, 700, 700]

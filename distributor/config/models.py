@@ -235,14 +235,37 @@ class Trigger(_Model):
         return self
 
 
-SectionKind = Literal["breaking", "most_read", "latest"]
+SectionKind = Literal["breaking", "most_read", "latest", "topic"]
 
 
 class SectionSpec(_Model):
+    """One section of an edition: breaking (newest first), most_read (by views over the
+    window), latest (newest first), or topic (the newest articles of ``topics``)."""
+
     kind: SectionKind
-    title: str | None = None
-    window: Duration = timedelta(hours=24)
+    title: str | None = Field(
+        default=None, description="Heading in the email; defaults to the kind (or the topics)."
+    )
+    window: Duration = Field(
+        default=timedelta(hours=24),
+        description="How far back the section looks (and, for most_read, the views window).",
+    )
     limit: int = Field(default=5, ge=1, le=100)
+    topics: list[str] = Field(
+        default_factory=list,
+        description="For kind: topic, the topics the section holds (any of them matches).",
+    )
+
+    @model_validator(mode="after")
+    def _topics_for_topic_sections(self) -> SectionSpec:
+        if self.kind == "topic" and not self.topics:
+            raise ValueError("a topic section needs `topics`: the topics it holds")
+        if self.kind != "topic" and self.topics:
+            raise ValueError(
+                f"`topics` belongs to sections of kind: topic, not {self.kind}; "
+                "to narrow the whole edition use select.topics.include"
+            )
+        return self
 
 
 class TopicFilter(_Model):
