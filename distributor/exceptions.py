@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 
 class DistributorError(Exception):
@@ -68,11 +69,16 @@ class MissingSecretError(ConfigError):
 
 
 class SourceError(DistributorError):
-    """A source could not be read. The message names the source and says why."""
+    """A source could not be read. The message names the source and says why.
 
-    def __init__(self, source: str, reason: str) -> None:
+    ``retry_after``: do not read this source again before then (the server said so, with
+    Retry-After on an HTTP 429 or 503 answer); None when it said nothing.
+    """
+
+    def __init__(self, source: str, reason: str, *, retry_after: datetime | None = None) -> None:
         self.source = source
         self.reason = reason
+        self.retry_after = retry_after
         super().__init__(f"source {source!r}: {reason}")
 
 

@@ -8,6 +8,7 @@ like ``<b>x</b> & y`` reaches an email as the text it shows, never as HTML.
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from html import unescape
 from html.parser import HTMLParser
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -133,6 +134,9 @@ def plain_text(value: str | None) -> str:
     # Control characters (a newline in a title, say) never reach a subject line or a post.
     return one_line(value)
 
+
+FUTURE_SLACK = timedelta(minutes=10)
+"""A date further ahead than this is a mistake of the source, not an article from the future."""
 
 _TRACKING = ("utm_", "fbclid", "gclid", "mc_cid", "mc_eid", "igshid", "_hsenc", "_hsmi")
 _DEFAULT_PORTS = {"http": 80, "https": 443}

@@ -1,8 +1,14 @@
 """A small sample news site for demos and tests, on the standard library only (plus PyYAML).
 
 It serves the fictional articles of ``articles.yaml`` the way the publisher's site is shaped:
-an index page, an RSS 2.0 feed with conditional GET, article pages with OpenGraph tags and
-schema.org JSON-LD, generated SVG images, and a popularity JSON endpoint.
+
+- ``/`` the index page, ``/articles/{slug}.html`` article pages with OpenGraph tags and
+  schema.org JSON-LD, ``/images/{slug}.svg`` generated images;
+- ``/feed.xml`` an RSS 2.0 feed with conditional GET (ETag, Last-Modified);
+- ``/wp-json/wp/v2/posts`` a WordPress-style REST API (:mod:`sample.wordpress`): posts with
+  ``_embed`` data, paging, ordering, ``modified_after``, WordPress's date formats and errors;
+- ``/popularity.json`` and ``/popularity.csv`` (``url,views,shares``), views over the last
+  24 hours or, with ``?window=7d``, 7 days.
 
 All dates are relative to one anchor (``now``, fixed when the server starts), so the content
 always looks fresh and tests can pin it. Run it with ``python -m sample.site [--port 8765]``.
@@ -11,8 +17,10 @@ always looks fresh and tests can pin it. Run it with ``python -m sample.site [--
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import html
+import io
 import json
 import signal
 import sys
@@ -29,6 +37,9 @@ from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 import yaml
+
+from sample.wordpress import CONTENT_TYPE as WP_CONTENT_TYPE
+from sample.wordpress import WP_POSTS, WordPressAPI
 
 __all__ = [
     "DEFAULT_PORT",
@@ -201,6 +212,9 @@ class SampleSite(ThreadingHTTPServer):
         self.by_slug = {article["slug"]: article for article in self.articles}
         self.routes: dict[str, Response] = self._render_all()
         self.popularity_responses: dict[str, Response] = self._render_popularity()
+        self.popularity_csv: dict[str, Response] = self._render_popularity_csv()
+        self.wp = WordPressAPI(self, name=SITE_NAME, description=SITE_BANNER, title=display_title)
+        self.wp_posts: list[dict[str, Any]] = self.wp.posts
 
     # ------------------------------------------------------------------ data
     def _with_dates(self, article: dict[str, Any]) -> dict[str, Any]:
@@ -277,6 +291,27 @@ class SampleSite(ThreadingHTTPServer):
             for window in WINDOWS
         }
 
+    def _render_popularity_csv(self) -> dict[str, Response]:
+        responses = {}
+        for window in WINDOWS:
+            out = io.StringIO()
+            writer = csv.writer(out, lineterminator="\r\n")
+            writer.writerow(["url", "views", "shares"])
+            for item in self.popularity(window)["items"]:
+                writer.writerow([item["url"], item["views"], item["shares"]])
+            responses[window] = Response(
+                200,
+                "text/csv; charset=utf-8",
+                out.getvalue().encode("utf-8"),
+                last_modified=self.now,
+            )
+        return responses
+
+    def wordpress(self, path: str, query: str) -> Response:
+        """Answer a request under ``/wp-json`` the way WordPress does (see sample.wordpress)."""
+        answer = self.wp.answer(path, query)
+        return Response(answer.status, WP_CONTENT_TYPE, answer.body, headers=answer.headers)
+
     def not_found(self, path: str) -> Response:
         """The 404 page."""
         body = _page(
@@ -302,14 +337,17 @@ class SampleSite(ThreadingHTTPServer):
         body = (
             f"<h1>{_esc(SITE_NAME)}</h1>\n"
             '<p><a href="/feed.xml">RSS feed</a> · '
+            f'<a href="{WP_POSTS}">WordPress API</a> · '
             '<a href="/popularity.json">Most read (24 h)</a> · '
-            '<a href="/popularity.json?window=7d">Most read (7 days)</a></p>\n'
+            '<a href="/popularity.json?window=7d">Most read (7 days)</a> · '
+            '<a href="/popularity.csv">as CSV</a></p>\n'
             '<ul class="articles">\n' + "\n".join(items) + "\n</ul>"
         )
         head = (
             f'<link rel="canonical" href="{_esc(self.base_url)}/">\n'
             f'<link rel="alternate" type="application/rss+xml" title="{_esc(SITE_NAME)}" '
-            'href="/feed.xml">'
+            'href="/feed.xml">\n'
+            f'<link rel="https://api.w.org/" href="{_esc(self.base_url)}/wp-json/">'
         )
         return _page(SITE_NAME, body, head=head)
 
@@ -576,6 +614,14 @@ class _Handler(BaseHTTPRequestHandler):
                 body = json.dumps({"error": f"unknown window {window!r}", "windows": list(WINDOWS)})
                 return Response(400, "application/json", body.encode("utf-8"))
             return self.site.popularity_responses[window]
+        if path == "/popularity.csv":
+            window = parse_qs(parts.query).get("window", ["24h"])[-1]
+            if window not in WINDOWS:
+                text = f"unknown window {window!r} (known: {', '.join(WINDOWS)})\n"
+                return Response(400, "text/plain; charset=utf-8", text.encode("utf-8"))
+            return self.site.popularity_csv[window]
+        if path == "/wp-json" or path.startswith("/wp-json/"):
+            return self.site.wordpress(path, parts.query)
         found = self.site.routes.get(path)
         return found if found is not None else self.site.not_found(path)
 

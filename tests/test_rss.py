@@ -16,11 +16,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
+import pydantic
 import pytest
 
 from distributor.exceptions import SourceError
-from distributor.models import Article
+from distributor.models import Article, Secret
 from distributor.sources.base import FetchResult, FetchState
+from distributor.sources.http import max_age, retry_after
 from distributor.sources.rss import RSSSource
 from distributor.text import normalise_url, plain_text, safe_link
 
@@ -459,10 +461,10 @@ def test_a_redirect_loop_is_a_source_error(server: LocalServer, client: httpx.Cl
     server.routes["/feed.xml"] = Reply(status=302, headers={"Location": "/loop"})
     server.routes["/loop"] = Reply(status=301, headers={"Location": "/feed.xml"})
     url = server.url("/feed.xml")
-    with pytest.raises(SourceError, match="redirected too many times") as caught:
+    with pytest.raises(SourceError, match="redirected more than 5 times") as caught:
         make_source(client, url).fetch(FetchState())
-    assert str(caught.value) == f"source {SOURCE!r}: {url} redirected too many times"
-    assert len(server.requests) > 10
+    assert str(caught.value) == f"source {SOURCE!r}: {url} redirected more than 5 times"
+    assert len(server.requests) == 6  # the first answer and five redirects followed
 
 
 def test_a_redirect_is_followed(server: LocalServer, client: httpx.Client) -> None:
@@ -499,6 +501,366 @@ def test_max_bytes_allows_a_feed_of_that_size(server: LocalServer, client: httpx
     server.routes["/feed.xml"] = Reply(body=GOOD_RSS)
     source = make_source(client, server.url("/feed.xml"), max_bytes=len(GOOD_RSS))
     assert len(source.fetch(FetchState()).articles) == 3
+
+
+def test_a_feed_url_that_is_not_http_is_refused(client: httpx.Client) -> None:
+    with pytest.raises(SourceError, match=r"'ftp://news\.example/feed\.xml' is not an http\(s\)"):
+        make_source(client, "ftp://news.example/feed.xml").fetch(FetchState())
+
+
+def test_a_redirect_to_another_scheme_is_a_source_error(
+    server: LocalServer, client: httpx.Client
+) -> None:
+    server.routes["/feed.xml"] = Reply(status=302, headers={"Location": "file:///etc/passwd"})
+    url = server.url("/feed.xml")
+    with pytest.raises(SourceError) as caught:
+        make_source(client, url).fetch(FetchState())
+    assert caught.value.reason == f"{url} redirected to a non-http(s) address"
+
+
+def test_a_3xx_without_an_address_is_a_source_error(
+    server: LocalServer, client: httpx.Client
+) -> None:
+    server.routes["/feed.xml"] = Reply(status=300, body=GOOD_RSS)
+    url = server.url("/feed.xml")
+    with pytest.raises(SourceError) as caught:
+        make_source(client, url).fetch(FetchState())
+    assert caught.value.reason == f"{url} answered HTTP 300"
+
+
+def test_errors_show_the_feed_address_without_its_query_string(
+    server: LocalServer, client: httpx.Client
+) -> None:
+    server.routes["/feed.xml?key=s3cr3t-key"] = Reply(status=500, body=b"oops s3cr3t-key")
+    url = server.url("/feed.xml?key=s3cr3t-key")
+    with pytest.raises(SourceError) as caught:
+        make_source(client, url).fetch(FetchState())
+    assert caught.value.reason == f"{server.url('/feed.xml')}?… answered HTTP 500"
+    server.routes["/feed.xml?key=s3cr3t-key"] = Reply(body=b"<html><body>Log in</body></html>")
+    with pytest.raises(SourceError, match="is an HTML page") as caught:
+        make_source(client, url).fetch(FetchState())
+    assert "s3cr3t-key" not in str(caught.value)
+    with LocalServer() as closed:
+        nowhere = closed.url("/feed.xml?key=s3cr3t-key")
+    with pytest.raises(SourceError, match="cannot fetch") as caught:
+        make_source(client, nowhere, timeout=2).fetch(FetchState())
+    assert "s3cr3t-key" not in str(caught.value)
+
+
+def test_the_token_does_not_follow_a_redirect_to_another_host(
+    server: LocalServer, client: httpx.Client
+) -> None:
+    other = LocalServer()
+    thread = threading.Thread(target=other.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    try:
+        other.routes["/feed.xml"] = Reply(body=GOOD_RSS)
+        server.routes["/feed.xml"] = Reply(status=301, headers={"Location": other.url("/feed.xml")})
+        source = RSSSource(
+            name=SOURCE,
+            options=RSSSource.Options(url=server.url("/feed.xml"), auth_token_env="FEED_TOKEN"),
+            secrets={"auth_token": Secret("t0ken", variable="FEED_TOKEN")},
+            client=client,
+        )
+        assert len(source.fetch(FetchState()).articles) == 3
+    finally:
+        other.shutdown()
+        other.server_close()
+        thread.join(timeout=5)
+    assert server.requests[0][1]["authorization"] == "Bearer t0ken"
+    assert "authorization" not in other.requests[0][1]
+
+
+# --- charsets and entities --------------------------------------------------------------------
+
+
+def encoded_feed(title: str, encoding: str, *, declared: str | None) -> bytes:
+    """A one-item feed whose text is in ``encoding``, saying ``declared`` in its XML declaration
+    (no declaration at all when None)."""
+    declaration = f'<?xml version="1.0" encoding="{declared}"?>\n' if declared else ""
+    document = (
+        '<rss version="2.0"><channel><title>Feed</title><link>https://news.example/</link>'
+        f"<item><title>{title}</title><link>https://news.example/story</link>"
+        f"<description>{title}</description></item></channel></rss>"
+    )
+    return declaration.encode("ascii") + document.encode(encoding)
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "expected"),
+    [
+        pytest.param(
+            encoded_feed(
+                "Caf\u00e9 \u2018quoted\u2019 \u2014 5 \u20ac", "cp1252", declared="windows-1252"
+            ),
+            "application/rss+xml",
+            "Caf\u00e9 \u2018quoted\u2019 \u2014 5 \u20ac",
+            id="windows-1252-in-the-xml-declaration",
+        ),
+        pytest.param(
+            encoded_feed("Gr\u00fc\u00dfe aus M\u00fcnchen", "latin-1", declared=None),
+            "text/xml; charset=ISO-8859-1",
+            "Gr\u00fc\u00dfe aus M\u00fcnchen",
+            id="latin-1-in-the-http-header-only",
+        ),
+        pytest.param(
+            # RFC 3023: the HTTP charset wins; read by the declaration, this is Greek letters.
+            encoded_feed("Gr\u00fc\u00dfe aus M\u00fcnchen", "latin-1", declared="iso-8859-7"),
+            "application/rss+xml; charset=iso-8859-1",
+            "Gr\u00fc\u00dfe aus M\u00fcnchen",
+            id="the-http-charset-wins-over-the-declaration",
+        ),
+        pytest.param(
+            encoded_feed("Caf\u00e9 na\u00efve r\u00e9sum\u00e9", "latin-1", declared="utf-8"),
+            "application/rss+xml; charset=utf-8",
+            "Caf\u00e9 na\u00efve r\u00e9sum\u00e9",
+            id="utf-8-declared-but-latin-1-bytes",
+        ),
+        pytest.param(
+            encoded_feed("Caf\u00e9 \u2014 Z\u00fcrich", "utf-8", declared=None),
+            None,
+            "Caf\u00e9 \u2014 Z\u00fcrich",
+            id="no-declaration-at-all-utf-8",
+        ),
+        pytest.param(
+            encoded_feed("Plain ASCII title", "ascii", declared=None),
+            None,
+            "Plain ASCII title",
+            id="no-declaration-at-all-ascii",
+        ),
+    ],
+)
+def test_the_charset_is_honoured(
+    server: LocalServer,
+    client: httpx.Client,
+    body: bytes,
+    content_type: str | None,
+    expected: str,
+) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    (article,) = fetch(server, client, Reply(body=body, headers=headers)).articles
+    assert article.title == expected
+    assert article.summary == expected
+    assert "\ufffd" not in article.title
+
+
+def test_a_wrong_charset_never_crashes(server: LocalServer, client: httpx.Client) -> None:
+    # Bytes that are no text in the declared charset (nor in UTF-8): read with replacement or a
+    # fallback charset, never a crash; the title stays one line of text.
+    body = encoded_feed("Bad \x81\x8d\x8f\x90\x9d bytes \u00e9", "latin-1", declared="utf-8")
+    headers = {"Content-Type": "application/rss+xml; charset=utf-8"}
+    (article,) = fetch(server, client, Reply(body=body, headers=headers)).articles
+    assert article.title.startswith("Bad ")
+    assert article.title.endswith(" bytes \u00e9")
+    assert article.title.isprintable()
+
+
+def test_an_unknown_charset_falls_back(server: LocalServer, client: httpx.Client) -> None:
+    body = encoded_feed("Caf\u00e9", "utf-8", declared="utf-8")
+    headers = {"Content-Type": "application/rss+xml; charset=x-no-such-charset"}
+    (article,) = fetch(server, client, Reply(body=body, headers=headers)).articles
+    assert article.title == "Caf\u00e9"
+
+
+@pytest.mark.parametrize(
+    ("title", "expected"),
+    [
+        pytest.param("Heart &amp;amp; lungs", "Heart & lungs", id="double-escaped-ampersand"),
+        pytest.param("Patients&#8217; rights", "Patients\u2019 rights", id="numeric-entity"),
+        pytest.param("&#x201C;Quoted&#x201D;", "\u201cQuoted\u201d", id="hex-entity"),
+        pytest.param(
+            "&amp;eacute;t&amp;eacute; &amp;mdash; caf&amp;eacute;",
+            "\u00e9t\u00e9 \u2014 caf\u00e9",
+            id="escaped-named-entities",
+        ),
+        pytest.param(
+            "Caf&eacute; &amp;amp; cr&egrave;me", "Caf\u00e9 & cr\u00e8me", id="raw-named-entities"
+        ),
+        pytest.param(
+            "AT&amp;T &amp;amp; &lt;you&gt;", "AT&T & <you>", id="text-that-looks-like-tags"
+        ),
+    ],
+)
+def test_entities_in_titles_come_out_as_text(
+    server: LocalServer, client: httpx.Client, title: str, expected: str
+) -> None:
+    # &eacute; is no XML entity: the feed is not well-formed, and the tolerant parser reads it.
+    (article,) = fetch(server, client, Reply(body=rss(item(title)))).articles
+    assert article.title == expected
+
+
+# --- polite polling -----------------------------------------------------------------------------
+
+
+def assert_next_poll(
+    result: FetchResult, before: datetime, after: datetime, expected: timedelta | None
+) -> None:
+    """``next_poll`` is ``expected`` after the moment of the fetch (between before and after)."""
+    if expected is None:
+        assert result.next_poll is None
+        return
+    assert result.next_poll is not None
+    assert result.next_poll.tzinfo is not None
+    assert result.next_poll - after <= expected <= result.next_poll - before
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"Cache-Control": "max-age=300"}, timedelta(seconds=300)),
+        ({"Cache-Control": "public, max-age=120, must-revalidate"}, timedelta(seconds=120)),
+        ({"Cache-Control": 'max-age="60"'}, timedelta(seconds=60)),
+        ({"Cache-Control": "MAX-AGE=45"}, timedelta(seconds=45)),
+        ({"Cache-Control": "s-maxage=90"}, timedelta(seconds=90)),
+        ({"Cache-Control": "max-age=60, s-maxage=500"}, timedelta(seconds=60)),
+        ({"Cache-Control": "max-age=3600"}, timedelta(minutes=10)),  # max_poll_delay caps it
+        ({"Cache-Control": "max-age=" + "9" * 40}, timedelta(minutes=10)),
+        ({"Cache-Control": "max-age=300", "Age": "100"}, timedelta(seconds=200)),
+        ({"Cache-Control": "max-age=300", "Age": "400"}, None),  # already stale
+        ({"Cache-Control": "max-age=0"}, None),
+        ({"Cache-Control": "no-cache, max-age=300"}, None),
+        ({"Cache-Control": "max-age=300, no-store"}, None),
+        ({"Cache-Control": "max-age=soon"}, None),
+        ({"Cache-Control": "max-age=-5"}, None),
+        ({"Cache-Control": "max-age=1e3"}, None),
+        ({"Cache-Control": "max-age"}, None),
+        ({"Cache-Control": ",,, ;; =="}, None),
+        ({"Cache-Control": "private"}, None),
+        ({}, None),
+    ],
+)
+def test_cache_control_sets_the_next_poll(
+    server: LocalServer, client: httpx.Client, headers: dict[str, str], expected: timedelta | None
+) -> None:
+    before = datetime.now(UTC)
+    result = fetch(server, client, Reply(body=GOOD_RSS, headers=headers))
+    after = datetime.now(UTC)
+    assert len(result.articles) == 3
+    assert_next_poll(result, before, after, expected)
+
+
+def test_a_304_sets_the_next_poll_too(server: LocalServer, client: httpx.Client) -> None:
+    server.routes["/feed.xml"] = Reply(
+        status=304, headers={"ETag": '"v1"', "Cache-Control": "max-age=240"}, content_length=False
+    )
+    source = make_source(client, server.url("/feed.xml"))
+    before = datetime.now(UTC)
+    result = source.fetch(FetchState(etag='"v1"'))
+    after = datetime.now(UTC)
+    assert result.not_modified is True
+    assert_next_poll(result, before, after, timedelta(seconds=240))
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"respect_cache_control": False}, None),
+        ({"max_poll_delay": "90s"}, timedelta(seconds=90)),
+        ({"max_poll_delay": "2h"}, timedelta(hours=1)),  # the max-age itself is the limit
+        ({"max_poll_delay": 30}, timedelta(seconds=30)),
+        ({"max_poll_delay": "0s"}, None),
+    ],
+)
+def test_the_poll_options(
+    server: LocalServer, client: httpx.Client, options: dict[str, Any], expected: timedelta | None
+) -> None:
+    server.routes["/feed.xml"] = Reply(body=GOOD_RSS, headers={"Cache-Control": "max-age=3600"})
+    source = make_source(client, server.url("/feed.xml"), **options)
+    before = datetime.now(UTC)
+    result = source.fetch(FetchState())
+    assert_next_poll(result, before, datetime.now(UTC), expected)
+
+
+def test_poll_options_default_and_validation() -> None:
+    options = RSSSource.Options(url="https://news.example/feed.xml")
+    assert options.respect_cache_control is True
+    assert options.max_poll_delay == timedelta(minutes=10)
+    assert "WebSub" in (RSSSource.Options.model_fields["max_poll_delay"].description or "")
+    for bad in ("soon", "10 minutes", "-5m", True):
+        with pytest.raises(pydantic.ValidationError, match="max_poll_delay"):
+            RSSSource.Options(url="https://news.example/feed.xml", max_poll_delay=bad)
+
+
+IN_AN_HOUR = (NOW + timedelta(hours=1)).replace(microsecond=0)
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after", "expected"),
+    [
+        (429, "120", timedelta(seconds=120)),
+        (503, "0", None),
+        (503, "  90  ", timedelta(seconds=90)),
+        (429, "9" * 30, timedelta(hours=24)),  # capped
+        (503, format_datetime(IN_AN_HOUR, usegmt=True), IN_AN_HOUR),
+        (503, format_datetime(NOW + timedelta(days=3), usegmt=True), timedelta(hours=24)),
+        (503, format_datetime(NOW - timedelta(hours=1), usegmt=True), None),  # already past
+        (429, "tomorrow, maybe", None),
+        (429, "-30", None),
+        (429, "1.5", None),
+        (429, None, None),
+        (500, "120", None),  # only 429 and 503 say when to come back
+        (404, "120", None),
+    ],
+)
+def test_retry_after_on_429_and_503(
+    server: LocalServer,
+    client: httpx.Client,
+    status: int,
+    retry_after: str | None,
+    expected: timedelta | datetime | None,
+) -> None:
+    headers = {"Retry-After": retry_after} if retry_after is not None else {}
+    server.routes["/feed.xml"] = Reply(status=status, body=b"busy", headers=headers)
+    url = server.url("/feed.xml")
+    before = datetime.now(UTC)
+    with pytest.raises(SourceError) as caught:
+        make_source(client, url).fetch(FetchState())
+    after = datetime.now(UTC)
+    assert caught.value.reason == f"{url} answered HTTP {status}"
+    found = caught.value.retry_after
+    if isinstance(expected, datetime):
+        assert found == expected
+    elif expected is None:
+        assert found is None
+    else:
+        assert found is not None
+        assert before + expected - timedelta(seconds=1) <= found <= after + expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("120", timedelta(seconds=120)),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", datetime(2015, 10, 21, 7, 28, tzinfo=UTC)),
+        ("Wed, 21 Oct 2015 07:28:00 +0200", datetime(2015, 10, 21, 5, 28, tzinfo=UTC)),
+        ("Wed, 21 Oct 2015 07:28:00 -0000", datetime(2015, 10, 21, 7, 28, tzinfo=UTC)),
+        ("Wed, 32 Oct 2015 07:28:00 GMT", None),
+        ("Wed, 21 Oct 99999 07:28:00 GMT", None),
+        ("", None),
+        ("\u0661\u0662", None),  # Arabic-Indic digits are no delta-seconds
+    ],
+)
+def test_retry_after_reads_seconds_and_http_dates(
+    value: str, expected: timedelta | datetime | None
+) -> None:
+    now = datetime(2015, 10, 21, 5, 0, tzinfo=UTC)
+    found = retry_after(httpx.Headers({"Retry-After": value.encode("utf-8")}), now)
+    assert found == (now + expected if isinstance(expected, timedelta) else expected)
+    if found is not None:
+        assert found.tzinfo is not None
+
+
+def test_max_age_reads_the_first_of_repeated_directives_across_header_lines() -> None:
+    headers = httpx.Headers(
+        [("Cache-Control", "public"), ("Cache-Control", "max-age=30, max-age=9")]
+    )
+    assert max_age(headers) == timedelta(seconds=30)
+    assert (
+        max_age(httpx.Headers([("Cache-Control", "max-age=30"), ("Cache-Control", "no-store")]))
+        is None
+    )
+    assert max_age(httpx.Headers({"Cache-Control": "s-maxage=7"})) == timedelta(seconds=7)
+    assert max_age(httpx.Headers()) is None
 
 
 # --- hostile content --------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import html
+import io
 import json
 import re
 import signal
@@ -355,6 +357,218 @@ def test_popularity_spot_values(site: SampleSite, client: httpx.Client) -> None:
 
 def test_popularity_unknown_window(client: httpx.Client) -> None:
     assert client.get("/popularity.json?window=1y").status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [("", "views_24h"), ("?window=24h", "views_24h"), ("?window=7d", "views_7d")],
+)
+def test_popularity_csv(
+    site: SampleSite,
+    client: httpx.Client,
+    articles: list[dict[str, Any]],
+    query: str,
+    field: str,
+) -> None:
+    response = client.get(f"/popularity.csv{query}")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/csv; charset=utf-8"
+    rows = list(csv.reader(io.StringIO(response.text)))
+    assert rows[0] == ["url", "views", "shares"]
+    got = {url: (int(views), int(shares)) for url, views, shares in rows[1:]}
+    expected = {
+        f"{site.base_url}/articles/{a['slug']}.html": (a[field], a["shares"]) for a in articles
+    }
+    assert got == expected
+    assert len(rows) == len(articles) + 1
+    views = [int(row[1]) for row in rows[1:]]
+    assert views == sorted(views, reverse=True)
+    # The same numbers as the JSON endpoint.
+    as_json = client.get(f"/popularity.json{query}").json()["items"]
+    assert [[i["url"], str(i["views"]), str(i["shares"])] for i in as_json] == rows[1:]
+
+
+def test_popularity_csv_unknown_window(client: httpx.Client) -> None:
+    response = client.get("/popularity.csv?window=1y")
+    assert response.status_code == 400
+    assert "unknown window '1y'" in response.text
+
+
+# ---------------------------------------------------------------------------- WordPress API
+
+WP = "/wp-json/wp/v2/posts"
+BANGKOK = timedelta(hours=7)
+
+
+def _wp(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def _modified(article: dict[str, Any]) -> datetime:
+    if "updated_hours_ago" in article:
+        return NOW - timedelta(hours=float(article["updated_hours_ago"]))
+    return _published(article)
+
+
+def _wp_all(client: httpx.Client, **params: str) -> list[dict[str, Any]]:
+    response = client.get(WP, params={"per_page": "100", **params})
+    assert response.status_code == 200, response.text
+    posts: list[dict[str, Any]] = response.json()
+    return posts
+
+
+def test_wp_posts_first_page(client: httpx.Client, articles: list[dict[str, Any]]) -> None:
+    response = client.get(WP)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json; charset=UTF-8"
+    assert response.headers["x-wp-total"] == str(len(articles))
+    assert response.headers["x-wp-totalpages"] == str(-(-len(articles) // 10))
+    assert '"link": "http:\\/\\/127.0.0.1' in response.text  # slashes escaped as PHP does
+    posts = response.json()
+    assert len(posts) == 10
+    newest_first = sorted(articles, key=lambda a: a["published_hours_ago"])
+    assert [p["slug"] for p in posts] == [a["slug"] for a in newest_first[:10]]
+    assert all("_embedded" not in p for p in posts)  # only with _embed
+
+
+def test_wp_posts_fields(
+    site: SampleSite, client: httpx.Client, articles: list[dict[str, Any]]
+) -> None:
+    posts = {p["slug"]: p for p in _wp_all(client, _embed="1")}
+    assert len(posts) == len(articles)
+    assert len({p["id"] for p in posts.values()}) == len(articles)
+    for article in articles:
+        slug = article["slug"]
+        post = posts[slug]
+        assert post["link"] == f"{site.base_url}/articles/{slug}.html"
+        assert post["guid"]["rendered"] == f"{site.base_url}/?p={post['id']}"
+        title = html.unescape(post["title"]["rendered"])
+        assert title.replace("\u201c", '"').replace("\u201d", '"') == display_title(article)
+        assert "<what>" not in post["title"]["rendered"]
+        assert post["date_gmt"] == _wp(_published(article))
+        assert post["date"] == _wp(_published(article) + BANGKOK)
+        assert post["modified_gmt"] == _wp(_modified(article))
+        assert post["modified"] == _wp(_modified(article) + BANGKOK)
+        excerpt = html.unescape(post["excerpt"]["rendered"])
+        assert excerpt == f"<p>{article['lead']} [\u2026]</p>\n"
+        assert post["meta"] == {"breaking": article["breaking"]}
+        embedded = post["_embedded"]
+        assert embedded["author"][0]["name"] == article["author"]
+        media = embedded["wp:featuredmedia"][0]
+        assert media["source_url"] == f"{site.base_url}/images/{slug}.svg"
+        assert media["id"] == post["featured_media"]
+        categories, tags = embedded["wp:term"]
+        names = list(article["topics"]) + (["Breaking News"] if article["breaking"] else [])
+        assert [c["name"] for c in categories] == names
+        assert {c["taxonomy"] for c in categories} == {"category"}
+        assert [c["id"] for c in categories] == post["categories"]
+        assert [t["name"] for t in tags] == (["Research"] if "study" in article else [])
+        assert {t["taxonomy"] for t in tags} <= {"post_tag"}
+
+
+def test_wp_embed_can_name_relations(client: httpx.Client) -> None:
+    posts = _wp_all(client, _embed="author,wp:term")
+    assert {tuple(sorted(p["_embedded"])) for p in posts} == {("author", "wp:term")}
+
+
+def test_wp_pagination(client: httpx.Client, articles: list[dict[str, Any]]) -> None:
+    everything = [p["id"] for p in _wp_all(client)]
+    seen: list[int] = []
+    for page in range(1, 5):
+        response = client.get(WP, params={"per_page": "4", "page": str(page)})
+        assert response.status_code == 200
+        assert response.headers["x-wp-total"] == str(len(articles))
+        assert response.headers["x-wp-totalpages"] == "4"
+        links = response.headers["link"]
+        assert ('rel="prev"' in links) == (page > 1)
+        assert ('rel="next"' in links) == (page < 4)
+        if page < 4:
+            assert f"page={page + 1}" in links
+        seen.extend(p["id"] for p in response.json())
+    assert seen == everything
+    past = client.get(WP, params={"per_page": "4", "page": "5"})
+    assert past.status_code == 400
+    assert past.json() == {
+        "code": "rest_post_invalid_page_number",
+        "message": "The page number requested is larger than the number of pages available.",
+        "data": {"status": 400},
+    }
+
+
+@pytest.mark.parametrize("order", ["asc", "desc"])
+def test_wp_orderby_modified(
+    client: httpx.Client, articles: list[dict[str, Any]], order: str
+) -> None:
+    posts = _wp_all(client, orderby="modified", order=order)
+    dates = [p["modified_gmt"] for p in posts]
+    assert dates == sorted(dates, reverse=order == "desc")
+    assert len(posts) == len(articles)
+
+
+@pytest.mark.parametrize(
+    "since",
+    [
+        _wp(NOW - timedelta(hours=6)) + "Z",
+        _wp(NOW - timedelta(hours=6) + BANGKOK) + "+07:00",
+        _wp(NOW - timedelta(hours=6) + BANGKOK),  # no offset: the site's own time zone
+        _wp(NOW - timedelta(hours=6)) + "+00:00",
+    ],
+)
+def test_wp_modified_after(
+    client: httpx.Client, articles: list[dict[str, Any]], since: str
+) -> None:
+    posts = _wp_all(client, modified_after=since)
+    expected = {a["slug"] for a in articles if _modified(a) > NOW - timedelta(hours=6)}
+    assert 0 < len(expected) < len(articles)
+    assert {p["slug"] for p in posts} == expected
+
+
+def test_wp_modified_after_is_exclusive_and_can_leave_nothing(
+    client: httpx.Client, articles: list[dict[str, Any]]
+) -> None:
+    newest = max(_modified(a) for a in articles)
+    response = client.get(WP, params={"modified_after": _wp(newest) + "Z"})
+    assert response.status_code == 200
+    assert response.json() == []
+    assert response.headers["x-wp-total"] == "0"
+    assert response.headers["x-wp-totalpages"] == "0"
+    just_before = _wp(newest - timedelta(seconds=1)) + "Z"
+    assert len(_wp_all(client, modified_after=just_before)) == 1
+
+
+@pytest.mark.parametrize(
+    ("params", "wrong"),
+    [
+        ({"per_page": "0"}, "per_page"),
+        ({"per_page": "101"}, "per_page"),
+        ({"per_page": "ten"}, "per_page"),
+        ({"page": "0"}, "page"),
+        ({"orderby": "views"}, "orderby"),
+        ({"order": "up"}, "order"),
+        ({"modified_after": "yesterday"}, "modified_after"),
+        ({"modified_after": "2025-06-02"}, "modified_after"),
+        ({"after": "2025-13-40T00:00:00"}, "after"),
+    ],
+)
+def test_wp_bad_parameters(client: httpx.Client, params: dict[str, str], wrong: str) -> None:
+    response = client.get(WP, params=params)
+    assert response.status_code == 400
+    body = response.json()
+    assert body["code"] == "rest_invalid_param"
+    assert list(body["data"]["params"]) == [wrong]
+
+
+def test_wp_unknown_route_and_index(site: SampleSite, client: httpx.Client) -> None:
+    missing = client.get("/wp-json/wp/v2/pages")
+    assert missing.status_code == 404
+    assert missing.json()["code"] == "rest_no_route"
+    index = client.get("/wp-json/")
+    assert index.status_code == 200
+    assert index.json()["namespaces"] == ["wp/v2"]
+    assert index.json()["url"] == site.base_url
+    front = client.get("/").text
+    assert f'href="{WP}"' in front
+    assert f'<link rel="https://api.w.org/" href="{site.base_url}/wp-json/">' in front
 
 
 # ---------------------------------------------------------------------------- misc

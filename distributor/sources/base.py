@@ -12,11 +12,14 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import httpx
+from pydantic import Field
 
 from distributor.models import Article, Secret
 from distributor.plugins import Plugin, PluginOptions
+from distributor.sources.page import PageOptions
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -25,6 +28,8 @@ class FetchState:
 
     etag: str | None = None
     last_modified: str | None = None
+    cursor: str | None = None
+    """Where an API source stopped (the WordPress source: the newest modified time it saw)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,6 +39,11 @@ class FetchResult:
     articles: tuple[Article, ...] = ()
     state: FetchState = field(default_factory=FetchState)
     not_modified: bool = False
+    next_poll: datetime | None = None
+    """The earliest moment the source should be read again (the answer's Cache-Control
+    max-age, capped); None when it may be read whenever the schedule says."""
+    hub: tuple[str, str] | None = None
+    """The WebSub hub the feed names, and the topic (its own address) to subscribe to."""
 
 
 class _Reader(Plugin):
@@ -53,6 +63,15 @@ class _Reader(Plugin):
 
 class Source(_Reader, abc.ABC):
     """Reads articles from one place on the publisher's site."""
+
+    class Options(PluginOptions):
+        """What every source takes besides its own options."""
+
+        pages: PageOptions = Field(
+            default_factory=PageOptions,
+            description="Reading article pages for the fields the source lacks (fact-checker, "
+            "study, shares ...): when, and with which CSS selectors.",
+        )
 
     @abc.abstractmethod
     def fetch(self, state: FetchState) -> FetchResult:

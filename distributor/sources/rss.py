@@ -1,34 +1,65 @@
 """RSS and Atom feeds, read with httpx and parsed with feedparser.
 
 Conditional GET (ETag and Last-Modified) makes an unchanged feed cost one 304 and no parsing.
+The feed is polite to its server: a Cache-Control max-age on the answer sets
+``FetchResult.next_poll`` (at most ``max_poll_delay`` ahead), and a Retry-After on a 429 or 503
+sets ``SourceError.retry_after``; the pipeline leaves the source alone until then. The charset of
+the answer's Content-Type is handed to feedparser, so it wins over the XML declaration
+(RFC 3023).
 """
 
 from __future__ import annotations
 
 import calendar
+import codecs
 import re
-import time
 import xml.sax
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import feedparser
-import httpx
 from pydantic import Field
 
+from distributor.config import Duration
 from distributor.exceptions import SourceError
 from distributor.models import Article
 from distributor.sources.base import FetchResult, FetchState, Source
-from distributor.text import normalise_url, plain_text, safe_link
+from distributor.sources.breaking import (
+    DEFAULT_CATEGORIES,
+    DEFAULT_MARKERS,
+    split_categories,
+    strip_marker,
+)
+from distributor.sources.http import (
+    download,
+    max_poll_delay_field,
+    next_poll,
+    respect_cache_control_field,
+    shown_url,
+    status_error,
+)
+from distributor.text import FUTURE_SLACK, normalise_url, plain_text, safe_link
 
-DEFAULT_MARKERS = ("BREAKING!", "BREAKING:", "BREAKING NEWS:", "Breaking News:", "BREAKING NEWS")
-DEFAULT_CATEGORIES = ("Breaking News", "Breaking")
 # What an HTML page (a login wall, an error page, the home page) starts with.
 _HTML_START = re.compile(
     rb"\s*(<\?xml[^>]*>\s*)?(<!--.*?-->\s*)*<(!doctype\s+html|html)\b", re.I | re.S
 )
-# A date further ahead than this is a mistake in the feed, not an article from the future.
-FUTURE_SLACK = timedelta(minutes=10)
+# The encoding an XML declaration names, near the start of the document.
+_XML_ENCODING = re.compile(rb"^\s*<\?xml[^>]*?\bencoding\s*=\s*[\"']([A-Za-z0-9._:-]+)[\"']")
+_CHARSET = re.compile(r";\s*charset\s*=\s*[\"']?([A-Za-z0-9._:-]+)", re.I)
+_UTF8_OR_ASCII = frozenset({"utf-8", "ascii"})
+_CP1252_BYTES = "distributor.cp1252-bytes"
+
+
+def _cp1252_bytes(error: UnicodeError) -> tuple[str, int]:
+    """Decode the bytes that are not UTF-8 as windows-1252 (what such bytes almost always are)."""
+    if not isinstance(error, UnicodeDecodeError):
+        raise error
+    bad = error.object[error.start : error.end]
+    return bytes(bad).decode("cp1252", errors="replace"), error.end
+
+
+codecs.register_error(_CP1252_BYTES, _cp1252_bytes)
 
 
 class RSSSource(Source):
@@ -45,6 +76,8 @@ class RSSSource(Source):
             description="The environment variable holding a bearer token, sent to the feed as "
             "Authorization (for feeds behind a login).",
         )
+        respect_cache_control: bool = respect_cache_control_field()
+        max_poll_delay: Duration = max_poll_delay_field()
 
     options: Options
 
@@ -56,76 +89,63 @@ class RSSSource(Source):
             headers["If-Modified-Since"] = state.last_modified
         if token := self.secrets.get("auth_token"):
             headers["Authorization"] = f"Bearer {token.reveal()}"
-        body = self._download(headers)
-        if body is None:
-            return FetchResult(state=state, not_modified=True)
-        content, response_headers = body
-        new_state = FetchState(
-            etag=response_headers.get("etag"),
-            last_modified=response_headers.get("last-modified"),
+        answer = download(
+            self.client,
+            "GET",
+            self.options.url,
+            source=self.name,
+            headers=headers,
+            timeout=self.options.timeout,
+            max_bytes=self.options.max_bytes,
+            accept_304=True,
         )
-        return FetchResult(articles=self.parse(content), state=new_state)
+        now = datetime.now(UTC)
+        if answer.status >= 400:
+            raise status_error(self.name, answer, now=now)
+        polled = None
+        if self.options.respect_cache_control:
+            polled = next_poll(answer.headers, now, cap=self.options.max_poll_delay)
+        if answer.status == 304:
+            return FetchResult(state=state, not_modified=True, next_poll=polled)
+        new_state = FetchState(
+            etag=answer.headers.get("etag"),
+            last_modified=answer.headers.get("last-modified"),
+        )
+        articles, hub = self._parse(answer.body, answer.headers.get("content-type"))
+        return FetchResult(articles=articles, state=new_state, next_poll=polled, hub=hub)
 
-    def _download(self, headers: dict[str, str]) -> tuple[bytes, httpx.Headers] | None:
-        url = self.options.url
-        try:
-            with self.client.stream(
-                "GET", url, headers=headers, timeout=self.options.timeout, follow_redirects=True
-            ) as response:
-                if response.status_code == 304:
-                    return None
-                if response.status_code >= 400:
-                    raise SourceError(self.name, f"{url} answered HTTP {response.status_code}")
-                too_large = f"{url} sent more than {self.options.max_bytes} bytes"
-                declared = response.headers.get("content-length", "")
-                if declared.isdigit() and int(declared) > self.options.max_bytes:
-                    raise SourceError(self.name, too_large)  # refused before reading the body
-                # httpx's timeout bounds each read; this bounds the whole answer, so a server
-                # that trickles a byte at a time cannot hold the run.
-                deadline = time.monotonic() + self.options.timeout
-                chunks: list[bytes] = []
-                size = 0
-                for chunk in response.iter_bytes():
-                    size += len(chunk)
-                    if size > self.options.max_bytes:
-                        raise SourceError(self.name, too_large)
-                    if time.monotonic() > deadline:
-                        raise SourceError(
-                            self.name, f"{url} timed out after {self.options.timeout:g} s"
-                        )
-                    chunks.append(chunk)
-                return b"".join(chunks), response.headers
-        except httpx.TimeoutException as exc:
-            raise SourceError(
-                self.name,
-                f"{url} timed out after {self.options.timeout:g} s ({exc.__class__.__name__})",
-            ) from exc
-        except httpx.TooManyRedirects as exc:
-            raise SourceError(self.name, f"{url} redirected too many times") from exc
-        except httpx.HTTPError as exc:
-            raise SourceError(self.name, f"cannot fetch {url}: {exc}") from exc
+    def parse(self, content: bytes, *, content_type: str | None = None) -> tuple[Article, ...]:
+        """The articles of a feed document. ``content_type`` is the Content-Type it came with:
+        its charset wins over the XML declaration (RFC 3023), as feedparser reads it."""
+        return self._parse(content, content_type)[0]
 
-    def parse(self, content: bytes) -> tuple[Article, ...]:
+    def _parse(
+        self, content: bytes, content_type: str | None
+    ) -> tuple[tuple[Article, ...], tuple[str, str] | None]:
+        """The articles of a feed document, and the WebSub hub and topic it names."""
+        where = shown_url(self.options.url)
         if not content.strip():
-            raise SourceError(self.name, f"{self.options.url} answered with an empty body")
-        parsed: Any = feedparser.parse(content)
+            raise SourceError(self.name, f"{where} answered with an empty body")
+        content, content_type = _repair_utf8(content, content_type)
+        response_headers = {"content-type": content_type} if content_type else {}
+        parsed: Any = feedparser.parse(content, response_headers=response_headers)
         if not parsed.get("version"):
             if _HTML_START.match(content):
-                raise SourceError(self.name, f"{self.options.url} is an HTML page, not a feed")
+                raise SourceError(self.name, f"{where} is an HTML page, not a feed")
             reason = parsed.get("bozo_exception") or "no RSS or Atom root element"
-            raise SourceError(self.name, f"{self.options.url} is not a feed: {reason}")
+            raise SourceError(self.name, f"{where} is not a feed: {reason}")
         broken = parsed.get("bozo_exception")
         if isinstance(broken, xml.sax.SAXException) and not parsed.entries:
             # Tolerant parsing keeps the entries of a slightly broken feed; with none, the feed
             # is broken (cut short, say), not empty.
-            raise SourceError(self.name, f"{self.options.url} is not well-formed XML: {broken}")
+            raise SourceError(self.name, f"{where} is not well-formed XML: {broken}")
         now = datetime.now(UTC)
         articles = []
         for entry in parsed.entries:
             article = self._article(entry, now)
             if article is not None:
                 articles.append(article)
-        return tuple(articles)
+        return tuple(articles), feed_hub(parsed, self.options.url)
 
     def _article(self, entry: Any, now: datetime) -> Article | None:
         guid = (entry.get("id") or "").strip()
@@ -133,20 +153,10 @@ class RSSSource(Source):
         link = safe_link(entry.get("link")) or safe_link(guid)
         if not link:
             return None
-        title = plain_text(entry.get("title"))
-        breaking = False
-        for marker in self.options.breaking_markers:
-            rest = title[len(marker) :]
-            cut_word = marker[-1:].isalnum() and rest[:1].isalnum()  # "BREAKING NEWSROOM"
-            if title[: len(marker)].casefold() == marker.casefold() and not cut_word:
-                title = rest.lstrip(" :!-–—")
-                breaking = True
-                break
+        title, marked = strip_marker(plain_text(entry.get("title")), self.options.breaking_markers)
         categories = [plain_text(tag.get("term")) for tag in entry.get("tags", [])]
-        wanted = {c.casefold() for c in self.options.breaking_categories}
-        if any(c.casefold() in wanted for c in categories):
-            breaking = True
-        topics = tuple(dict.fromkeys(c for c in categories if c and c.casefold() not in wanted))
+        topics, in_category = split_categories(categories, self.options.breaking_categories)
+        breaking = marked or in_category
         if not title:
             return None
         return Article(
@@ -165,6 +175,35 @@ class RSSSource(Source):
         )
 
 
+def _repair_utf8(content: bytes, content_type: str | None) -> tuple[bytes, str | None]:
+    """A feed that says UTF-8 (or ASCII, or nothing) but is not: its stray bytes read as
+    windows-1252, the rest as UTF-8, handed on as UTF-8. Anything else is left as it is.
+
+    feedparser's own fallback for such a feed guesses a charset for the whole document, which
+    garbles the letters it guesses wrong ("naïve" as "naďve"); a feed in Latin-1 labelled UTF-8,
+    or UTF-8 with a few Latin-1 bytes pasted in, is by far the most common mistake.
+    """
+    if content.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return content, content_type  # UTF-16 or UTF-32: feedparser reads the byte-order mark
+    found = _CHARSET.search(content_type or "") or _XML_ENCODING.match(content[:1024])
+    name = found.group(1) if found else None
+    if isinstance(name, bytes):
+        name = name.decode("ascii")
+    try:
+        declared = codecs.lookup(name).name if name else "utf-8"
+    except LookupError:
+        declared = "utf-8"  # an unknown name: feedparser tries UTF-8 first as well
+    if declared not in _UTF8_OR_ASCII:
+        return content, content_type
+    try:
+        content.decode("utf-8")
+    except UnicodeDecodeError:
+        repaired = content.decode("utf-8", errors=_CP1252_BYTES).encode("utf-8")
+        # The HTTP charset wins over the XML declaration for an XML media type (RFC 3023).
+        return repaired, "application/xml; charset=utf-8"
+    return content, content_type
+
+
 def _date(value: Any, now: datetime) -> datetime | None:
     if not value:
         return None
@@ -180,5 +219,21 @@ def _image(entry: Any) -> str | None:
         if str(enclosure.get("type", "")).startswith("image/") and (
             url := safe_link(enclosure.get("href"))
         ):
+            return url
+    return None
+
+
+def feed_hub(parsed: Any, feed_url: str | None = None) -> tuple[str, str] | None:
+    """The WebSub hub a parsed feed names (``<link rel="hub">``, in RSS as ``atom:link``) and
+    its topic (``rel="self"``, else ``feed_url``); None without an http(s) hub."""
+    links = parsed.get("feed", {}).get("links", [])
+    hub = _first_link(links, "hub")
+    topic = _first_link(links, "self") or safe_link(feed_url)
+    return (hub, topic) if hub is not None and topic is not None else None
+
+
+def _first_link(links: list[Any], rel: str) -> str | None:
+    for link in links:
+        if str(link.get("rel", "")).strip().lower() == rel and (url := safe_link(link.get("href"))):
             return url
     return None

@@ -6,20 +6,29 @@ skipped; an answer that is not JSON of that shape is an error that names the sou
 
 from __future__ import annotations
 
-from typing import Any, TypeGuard
-
-import httpx
 from pydantic import Field
 
 from distributor.exceptions import SourceError
 from distributor.sources.base import Popularity, PopularitySource
+from distributor.sources.http import download
+from distributor.sources.popularity.http import (
+    check_status,
+    is_count,
+    max_bytes_field,
+    parse_json,
+    timeout_field,
+    window_field,
+)
 
 
 class JSONPopularity(PopularitySource):
+    """A JSON document of view counts, fetched with GET."""
+
     class Options(PopularitySource.Options):
-        url: str
-        window: str = Field(default="24h", pattern=r"^\d+[hdw]$")
-        timeout: float = Field(default=10.0, gt=0)
+        url: str = Field(description="The address of the JSON document.")
+        window: str = window_field()
+        timeout: float = timeout_field()
+        max_bytes: int = max_bytes_field()
 
     options: Options
 
@@ -29,20 +38,17 @@ class JSONPopularity(PopularitySource):
 
     def fetch(self) -> list[Popularity]:
         url = self.options.url
-        try:
-            response = self.client.get(url, timeout=self.options.timeout, follow_redirects=True)
-        except httpx.TimeoutException as exc:
-            raise SourceError(
-                self.name, f"{url} timed out after {self.options.timeout:g} s"
-            ) from exc
-        except httpx.HTTPError as exc:
-            raise SourceError(self.name, f"cannot fetch {url}: {exc}") from exc
-        if response.status_code >= 400:
-            raise SourceError(self.name, f"{url} answered HTTP {response.status_code}")
-        try:
-            data: Any = response.json()
-        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
-            raise SourceError(self.name, f"{url} did not answer with JSON") from exc
+        answer = download(
+            self.client,
+            "GET",
+            url,
+            source=self.name,
+            headers={"Accept": "application/json"},
+            timeout=self.options.timeout,
+            max_bytes=self.options.max_bytes,
+        )
+        check_status(self.name, answer, keyed=False)
+        data = parse_json(self.name, answer)
         items = data.get("items") if isinstance(data, dict) else data
         if not isinstance(items, list):
             raise SourceError(self.name, f"{url}: expected a list of items with url and views")
@@ -52,13 +58,8 @@ class JSONPopularity(PopularitySource):
                 continue
             link, views, shares = item.get("url"), item.get("views"), item.get("shares")
             link = link.strip() if isinstance(link, str) else ""
-            if link and _count(views):
+            if link and is_count(views):
                 out.append(
-                    Popularity(url=link, views=views, shares=shares if _count(shares) else None)
+                    Popularity(url=link, views=views, shares=shares if is_count(shares) else None)
                 )
         return out
-
-
-def _count(value: Any) -> TypeGuard[int]:
-    """A whole number of at least 0 (``True`` is no count, although Python says it is an int)."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
