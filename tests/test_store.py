@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from distributor.exceptions import StoreError
 from distributor.models import Article, DeliveryStatus, Link, Study, Subscriber
 from distributor.sources.base import FetchState
 from distributor.store import Store, migrate
+from distributor.store.rows import content_hash
 from distributor.store.tables import deliveries, editions, metadata
 from tests.conftest import POSTGRES_URL
 
@@ -42,6 +44,8 @@ TABLES = {
     "subscriber_lists",
     "holds",
     "schedule_state",
+    "websub_subscriptions",
+    "article_aliases",
 }
 
 
@@ -132,7 +136,7 @@ def test_open_migrates_sqlite_automatically(tmp_path: Path) -> None:
     store = Store.open(f"sqlite:///{path}")
     try:
         assert path.exists()
-        assert migrate.current_revision(store.engine) == migrate.head_revision() == "0003"
+        assert migrate.current_revision(store.engine) == migrate.head_revision() == "0005"
         assert set(inspect(store.engine).get_table_names()) >= TABLES
         assert store.count_articles() == 0
     finally:
@@ -580,12 +584,41 @@ def test_upsert_article_new_unchanged_changed(store: Store) -> None:
     assert store.upsert_article(full, now=T0) == "new"
     assert store.upsert_article(full, now=T0 + timedelta(minutes=5)) == "unchanged"
     assert store.article("a1") == full
-    changed = article("a1", title="A better title", published=T0)
+    changed = article("a1", title="A better title", published=T0, shares=9)
     assert store.upsert_article(changed, now=T0 + timedelta(minutes=10)) == "changed"
-    assert store.article("a1") == changed
+    # What the source now gives replaces what it gave; what it lacks (a feed item never has
+    # the fact-checker its page gave) keeps the stored value. A flag is always given.
+    assert store.article("a1") == replace(full, title="A better title", shares=9, breaking=False)
     assert store.upsert_article(changed) == "unchanged"
     assert store.count_articles() == 1
     assert store.article("missing") is None
+
+
+def test_upsert_compares_what_the_source_gave_not_what_pages_added(store: Store) -> None:
+    from_feed = article("a1", published=T0)
+    from_page = replace(from_feed, fact_checker="Bo Chan", shares=40)
+    source_hash = {"a1": content_hash(from_feed)}
+    assert store.upsert_articles([from_page], hashes=source_hash) == {"a1": "new"}
+    assert store.known_hashes(["a1", "a2"]) == source_hash
+    # The next poll gives the same feed item: unchanged, without reading the page again.
+    assert store.upsert_articles([from_feed]) == {"a1": "unchanged"}
+    assert store.article("a1") == from_page
+    # 1,200 at once: written 500 to a transaction, a repeated id stored once.
+    many = [article(f"m{n}", published=T0) for n in range(1200)] + [article("m0", published=T0)]
+    outcomes = store.upsert_articles(many)
+    assert len(outcomes) == 1200 and set(outcomes.values()) == {"new"}
+    assert store.count_articles() == 1201
+
+
+def test_aliases_find_the_article_under_another_address(store: Store) -> None:
+    store.upsert_article(article("https://news.example/a1", published=T0))
+    store.add_article_aliases({"https://news.example/r/123": "https://news.example/a1"})
+    store.add_article_aliases({"https://news.example/r/123": "https://news.example/a1"})  # again
+    assert store.article_aliases(["https://news.example/r/123", "https://x.example/"]) == {
+        "https://news.example/r/123": "https://news.example/a1"
+    }
+    found = store.article_ids_by_url(["https://news.example/r/123"])
+    assert found == {"https://news.example/r/123": "https://news.example/a1"}
 
 
 def test_article_ids_by_url(store: Store) -> None:

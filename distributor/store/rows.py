@@ -90,7 +90,8 @@ class HoldRow:
         return f"{what} is held" + (f": {self.reason}" if self.reason else "")
 
 
-def _content_hash(article: Article) -> str:
+def content_hash(article: Article) -> str:
+    """What an article holds, as a hash: equal hashes, nothing changed."""
     fields = {
         "url": article.url,
         "title": article.title,
@@ -126,7 +127,7 @@ def _article_values(article: Article) -> dict[str, Any]:
         "study_url": article.study.url if article.study else None,
         "related": [{"title": link.title, "url": link.url} for link in article.related],
         "shares": article.shares,
-        "content_hash": _content_hash(article),
+        "content_hash": content_hash(article),
     }
 
 

@@ -102,6 +102,18 @@ article_views = Table(
     Index("ix_article_views_lookup", "article_id", "window", "observed_at"),
 )
 
+# Another address of a stored article: the feed's link of an article whose page named another
+# canonical URL (a redirect, an AMP page), so the same story is found again under that link.
+article_aliases = Table(
+    "article_aliases",
+    metadata,
+    Column("alias", String(512), primary_key=True),
+    Column(
+        "article_id", String(512), ForeignKey("articles.id", ondelete="CASCADE"), nullable=False
+    ),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
 source_state = Table(
     "source_state",
     metadata,
@@ -110,6 +122,8 @@ source_state = Table(
     Column("last_modified", Text),
     Column("last_fetched", UTCDateTime),
     Column("last_error", Text),
+    # Where an incremental source (WordPress: the newest modified date seen) goes on from.
+    Column("cursor", Text),
 )
 
 editions = Table(
@@ -198,4 +212,22 @@ subscriber_lists = Table(
     ),
     Column("list", String(200), primary_key=True),
     Index("ix_subscriber_lists_list", "list"),
+)
+
+# One row a source that a WebSub hub pushes: the subscription we asked for and how it stands
+# (pending until the hub verifies it, then active until its lease ends; denied or unsubscribed).
+# The secret signs the hub's pushes; it is generated per subscription and never logged.
+websub_subscriptions = Table(
+    "websub_subscriptions",
+    metadata,
+    Column("source", String(200), primary_key=True),
+    Column("hub", Text, nullable=False),
+    Column("topic", Text, nullable=False),
+    Column("secret", String(200), nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("lease_seconds", Integer),
+    Column("expires_at", UTCDateTime),
+    Column("last_push_at", UTCDateTime),
+    Column("last_error", Text),
+    Column("updated_at", UTCDateTime, nullable=False),
 )
