@@ -215,12 +215,22 @@ def _print_ingest(report: IngestReport) -> None:
     for source in report.sources:
         if source.error:
             click.echo(f"  {source.name}: FAILED: {source.error}", err=True)
+        elif source.waiting_until:
+            when = source.waiting_until.strftime("%H:%M:%S UTC")
+            click.echo(f"  {source.name}: not read: it asked to wait until {when}")
+        elif source.pushed:
+            click.echo(f"  {source.name}: not polled: its WebSub hub pushes what is new")
         elif source.not_modified:
             click.echo(f"  {source.name}: not modified")
         else:
+            pages = (
+                f"; {source.page_errors} article page(s) could not be read"
+                if source.page_errors
+                else ""
+            )
             click.echo(
                 f"  {source.name}: {source.new} new, {source.changed} changed, "
-                f"{source.unchanged} unchanged"
+                f"{source.unchanged} unchanged{pages}"
             )
 
 
@@ -229,7 +239,7 @@ def _print_ingest(report: IngestReport) -> None:
 def ingest(state: State) -> None:
     """Read every source now and store new and changed articles."""
     with state.pipeline() as pipeline:
-        report = pipeline.ingest()
+        report = pipeline.ingest(force=True)  # asked for now: read even a source that asked to wait
     click.echo("ingest:")
     _print_ingest(report)
     sys.exit(1 if report.failed else 0)
@@ -399,6 +409,8 @@ def run(state: State, run_now: bool, once: bool) -> None:
     )
     try:
         with _stop_on_signals(daemon.stopping):
+            if not once:  # up first: a WebSub hub checks our callback as soon as we subscribe
+                click.echo(f"web app: {daemon.open_web()}")
             daemon.start_up(run_now=run_now or once)
             if once:
                 sys.exit(1 if daemon.failed else 0)
@@ -409,6 +421,7 @@ def run(state: State, run_now: bool, once: bool) -> None:
                     click.echo(f"  {schedule.key}: {upcoming:%a %Y-%m-%d %H:%M:%S %Z}")
             daemon.serve()
     finally:
+        daemon.close()
         store.close()
 
 

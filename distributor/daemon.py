@@ -8,6 +8,11 @@ due (a retry after its backoff, posts a daily cap held back). On start, runs mis
 bot was down are caught up by the schedule's grace, and the older ones recorded as ``missed``.
 A stop (SIGTERM, Ctrl-C) lets the messages in hand finish, leaves the rest pending, and waits
 for the runs in flight.
+
+The web app runs in the same process (:meth:`Daemon.open_web`). When ``web.public_url`` is set,
+a feed that names a WebSub hub is subscribed to; a push that brings new articles runs the
+interval schedules (breaking alerts) at once, instead of at their next poll, and a source the
+hub keeps pushing is polled only when the hub falls silent.
 """
 
 from __future__ import annotations
@@ -19,12 +24,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import httpx
+
 from distributor import scheduling
 from distributor.config import Config, Schedule
 from distributor.pipeline import Pipeline
 from distributor.reports import IngestReport, Recovery, RunReport
 from distributor.scheduling import CatchUp
+from distributor.sources.websub import WebSub
 from distributor.store import Store
+from distributor.store.websub import ACTIVE, PENDING
+from distributor.web.app import create_app
+from distributor.web.server import ServerHandle, serve_in_thread
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +67,10 @@ class Daemon:
     _source_errors: dict[str, str] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _pipelines: dict[str, Pipeline] = field(default_factory=dict)
+    _scheduler: scheduling.Scheduler | None = None
+    _web: ServerHandle | None = None
+    websub: WebSub | None = None
+    _websub_client: httpx.Client | None = None
 
     def pipeline(self) -> Pipeline:
         return Pipeline(self.config, self.store, env=self.env, stopping=self.stopping)
@@ -73,6 +88,56 @@ class Daemon:
             pipelines, self._pipelines = list(self._pipelines.values()), {}
         for pipeline in pipelines:
             pipeline.close()
+        if self._web is not None:
+            self._web.stop()
+            self._web = None
+        if self._websub_client is not None:
+            self._websub_client.close()
+            self._websub_client = None
+
+    # --- the web app and WebSub -------------------------------------------------------------
+
+    def open_web(self) -> str:
+        """Serve the web app (``web.host``, ``web.port``) on a thread; return its address.
+        With ``web.public_url`` set, take WebSub pushes at ``/websub/SOURCE`` too."""
+        web = self.config.settings.web
+        if web.public_url:
+            self._websub_client = httpx.Client(headers={"User-Agent": "distributor/0.1"})
+            self.websub = WebSub.from_settings(
+                self.config.settings, self.store, self._websub_client, self.pushed
+            )
+        app = create_app(self.config.settings, self.store, websub=self.websub)
+        self._web = serve_in_thread(app, web.host, web.port)
+        return self._web.url
+
+    def pushed(self, source: str, body: bytes) -> None:
+        """A hub pushed ``source``: store its articles; when something is new, run the interval
+        schedules now (they are the ones that want news as soon as it is out)."""
+        item = self.pipeline_of("push").ingest_pushed(source, body)
+        if item.error or not (item.new or item.changed):
+            return
+        scheduler = self._scheduler
+        if scheduler is None:
+            return
+        for schedule in self.config.schedules:
+            if schedule.trigger.interval is not None:
+                scheduler.fire_now(schedule.key)
+
+    def _follow_hubs(self, report: IngestReport) -> None:
+        """Subscribe to the hub a feed names, unless already subscribed (or asking)."""
+        if self.websub is None:
+            return
+        for item in report.sources:
+            if item.hub is None:
+                continue
+            row = self.store.websub_subscription(item.name)
+            if row is not None and row.state in (ACTIVE, PENDING) and row.hub == item.hub[0]:
+                continue
+            hub, topic = item.hub
+            try:
+                self.websub.subscribe(item.name, hub, topic)
+            except Exception:  # the feed is polled meanwhile; the cause is in the log
+                log.exception("source %r: subscribing to the WebSub hub %s failed", item.name, hub)
 
     # --- one fire of a schedule -----------------------------------------------------------------
 
@@ -82,7 +147,9 @@ class Daemon:
             return None
         pipeline = self.pipeline_of(f"schedule:{schedule.key}")
         needs_views = any(s.kind == "most_read" for s in schedule.select.sections)
-        self._note_sources(pipeline.ingest(popularity=needs_views))
+        ingested = pipeline.ingest(popularity=needs_views)
+        self._note_sources(ingested)
+        self._follow_hubs(ingested)
         report = pipeline.run(schedule, fire_time)
         if report.failed:
             self.failed = True
@@ -112,6 +179,12 @@ class Daemon:
     def housekeeping(self) -> None:
         """Settle what a dead process left in ``sending``; send what is due in the outbox."""
         pipeline = self.pipeline_of("housekeeping")
+        if self.websub is not None:
+            for renewal in self.websub.renew_due(datetime.now(UTC)):
+                if renewal.error:
+                    log.warning(
+                        "source %r: renewing WebSub failed: %s", renewal.source, renewal.error
+                    )
         recovery = pipeline.recover()
         if recovery.settled or recovery.editions:
             self.printer.recovery(recovery)
@@ -141,6 +214,7 @@ class Daemon:
             self.printer.note("ingest:")
             ingested = pipeline.ingest()
             self.printer.ingest(ingested)
+            self._follow_hubs(ingested)
             self.failed = self.failed or ingested.failed
             now = datetime.now(UTC)
             for schedule in self.config.schedules:
@@ -177,6 +251,7 @@ class Daemon:
             missed=self.missed,
             last_fires=last_fires,
         )
+        self._scheduler = scheduler
         keeper = threading.Thread(target=self._keep_house, name="housekeeping", daemon=True)
         keeper.start()
         try:

@@ -56,6 +56,14 @@ class SourceReport:
     unchanged: int = 0
     not_modified: bool = False
     error: str | None = None
+    waiting_until: datetime | None = None
+    """Not read: the source asked not to be read before then (Retry-After, max-age)."""
+    page_errors: int = 0
+    """Article pages that could not be read (the feed's fields were kept)."""
+    hub: tuple[str, str] | None = None
+    """The WebSub hub the feed names, and its topic."""
+    pushed: bool = False
+    """Not polled: a WebSub hub pushes this source, and has been heard from lately."""
 
 
 @dataclass(kw_only=True)

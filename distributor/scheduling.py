@@ -358,6 +358,7 @@ class Scheduler:
         self._running: dict[str, datetime] = {}  # schedule key -> the fire time being run
         self._since: dict[str, datetime] = {}  # schedule key -> fire times after this are new
         self._why: dict[str, str] = {}  # how the first pass explains what it misses
+        self._again: set[str] = set()  # asked to fire now while running: once more after
 
     def start(self, *, background: bool = True) -> None:
         """Start; the first pass, at once, catches up. ``background=False``: ``tick()`` drives."""
@@ -372,7 +373,9 @@ class Scheduler:
                 args=[schedule],
                 id=key,
                 name=key,
-                max_instances=1,
+                # One run at a time is kept by _running; 2 lets a run that asks for one more
+                # (fire_now while in flight) hand it over before the executor counts it done.
+                max_instances=2,
                 coalesce=True,
                 misfire_grace_time=None,  # catch_up decides, by the schedule's own grace
                 next_run_time=now,
@@ -384,6 +387,19 @@ class Scheduler:
         """The runs in flight: schedule key -> fire time."""
         with self._lock:
             return dict(self._running)
+
+    def fire_now(self, key: str) -> bool:
+        """Run schedule ``key`` now, off its grid (a WebSub push brought new articles): its fire
+        time is now. If it is running, it runs once more as soon as that run ends. False when
+        there is no such schedule or the scheduler has not started."""
+        job = self._engine.get_job(key) if self._engine.running else None
+        schedule = self._schedules.get(key)
+        if job is None or schedule is None:
+            return False
+        if not self._submit(job, schedule, _utc(self._clock())):
+            with self._lock:
+                self._again.add(key)
+        return True
 
     def tick(self) -> float | None:
         """Run what is due at the clock's time; seconds until the next fire (None: none)."""
@@ -447,6 +463,10 @@ class Scheduler:
         finally:
             with self._lock:
                 del self._running[schedule.key]
+                again = schedule.key in self._again
+                self._again.discard(schedule.key)
+            if again:
+                self.fire_now(schedule.key)
 
     def _report(self, schedule: Schedule, settled: CatchUp) -> None:
         log.warning("schedule %s: %s", schedule.key, settled.describe())

@@ -134,7 +134,7 @@ CASES = [
     Case(
         "wrong type in distributor.yaml",
         CONFIG,
-        "port: 8000",
+        "port: 0",  # the test copy of the example takes any free port
         "port: eighty",
         "port: eighty",
         "web.port",

@@ -510,3 +510,38 @@ def test_jitter_delays_the_start_never_the_fire_time() -> None:
 def test_bad_jitter_and_grace_are_refused(trigger: dict[str, object], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         Trigger.model_validate(trigger)
+
+
+def test_fire_now_runs_off_the_grid_and_once_more_after_a_run_in_flight() -> None:
+    """A WebSub push asks an interval schedule to run now: at once when idle; when a run is in
+    flight, once more right after it, never two at a time."""
+    fired: list[datetime] = []
+    release = threading.Event()
+    first_started = threading.Event()
+    done = threading.Event()
+
+    def fire(s: Schedule, fire_time: datetime) -> None:
+        fired.append(fire_time)
+        if len(fired) == 1:
+            first_started.set()
+            release.wait(10)
+        if len(fired) == 2:
+            done.set()
+
+    hourly = schedule({"interval": "1h", "timezone": "UTC"})
+    scheduler = Scheduler([hourly], fire, last_fires={"s": datetime.now(UTC)})
+    assert not scheduler.fire_now("s")  # not started yet
+    scheduler.start()
+    try:
+        assert not scheduler.fire_now("nope")
+        assert scheduler.fire_now("s")
+        assert first_started.wait(10)
+        assert scheduler.fire_now("s")  # in flight: remembered, not run beside it
+        assert scheduler.fire_now("s")  # asked twice meanwhile: still once more
+        assert scheduler.running == {"s": fired[0]}
+        release.set()
+        assert done.wait(10)
+    finally:
+        scheduler.shutdown()
+    assert len(fired) == 2 and fired[0] < fired[1]
+    assert fired[0].microsecond != 0 or fired[1].microsecond != 0  # off the grid: now, not :00

@@ -16,11 +16,9 @@ from distributor.config import (
     Schedule,
     Target,
     format_duration,
-    parse_duration,
 )
 from distributor.delivery import Outbox, Plan
 from distributor.exceptions import (
-    SourceError,
     TemplateError,
 )
 from distributor.models import (
@@ -31,15 +29,12 @@ from distributor.models import (
     Subscriber,
 )
 from distributor.pipeline.compose import Composer, _page_to_open, edition_ref
+from distributor.pipeline.ingest import Ingest
 from distributor.rendering.email import RenderedDigest
 from distributor.reports import (
-    IngestReport,
     RunReport,
-    SourceReport,
 )
-from distributor.sources.base import PopularitySource, Source
 from distributor.store import EditionRow, Store
-from distributor.text import normalise_url
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +42,7 @@ FINAL_STATES = frozenset({"done", "partial", "failed", "skipped", "missed"})
 NOTHING_NEW = "nothing new since the last post"
 
 
-class Core(Composer):
+class Core(Ingest, Composer):
     """Ingest, select, and run or resume an edition through the outbox."""
 
     def __init__(
@@ -78,67 +73,6 @@ class Core(Composer):
         if self._client is None:
             self._client = httpx.Client(headers={"User-Agent": "distributor/0.1"})
         return self._client
-
-    def _sources(self) -> Iterator[Source]:
-        for spec in self.config.sources:
-            yield spec.cls(
-                name=spec.name, options=spec.options, secrets=spec.secrets, client=self.client
-            )
-
-    def _popularity(self) -> Iterator[PopularitySource]:
-        for spec in self.config.popularity:
-            yield spec.cls(
-                name=spec.name, options=spec.options, secrets=spec.secrets, client=self.client
-            )
-
-    # --- ingest ------------------------------------------------------------------------------
-
-    def ingest(self, *, popularity: bool = True) -> IngestReport:
-        """Read every source and (``popularity``) every popularity provider; a failing one does
-        not stop the others."""
-        report = IngestReport()
-        for source in self._sources():
-            item = SourceReport(name=source.name)
-            report.sources.append(item)
-            state = self.store.source_state(source.name)
-            try:
-                result = source.fetch(state)
-            except SourceError as exc:
-                item.error = exc.reason
-                self.store.save_source_state(source.name, None, error=exc.reason)
-                log.warning("%s", exc)
-                continue
-            item.not_modified = result.not_modified
-            for article in result.articles:
-                outcome = self.store.upsert_article(article)
-                setattr(item, outcome, getattr(item, outcome) + 1)
-            self.store.save_source_state(source.name, result.state)
-        for provider in self._popularity() if popularity else ():
-            item = SourceReport(name=provider.name)
-            report.sources.append(item)
-            try:
-                counts = provider.fetch()
-            except SourceError as exc:
-                item.error = exc.reason
-                log.warning("%s", exc)
-                continue
-            ids = self.store.article_ids_by_url(
-                {c.url for c in counts} | {normalise_url(c.url) for c in counts}
-            )
-            views: dict[str, int] = {}
-            shares: dict[str, int] = {}
-            for count in counts:
-                article_id = ids.get(count.url) or ids.get(normalise_url(count.url))
-                if article_id is None:
-                    continue
-                views[article_id] = count.views
-                if count.shares is not None:
-                    shares[article_id] = count.shares
-            window = selection.window_key(parse_duration(provider.window))
-            self.store.record_views(window, views)
-            self.store.update_shares(shares)
-            item.changed = len(views)
-        return report
 
     # --- selection ---------------------------------------------------------------------------
 
