@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
 
 FEED_PATH = "/feed.xml"
+ATOM = "http://www.w3.org/2005/Atom"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,9 +46,11 @@ class FeedServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self) -> None:
+    def __init__(self, *, hub: str | None = None) -> None:
         super().__init__(("127.0.0.1", 0), _FeedHandler)
         self.base_url = f"http://127.0.0.1:{self.server_address[1]}"
+        self.hub = hub
+        """A WebSub hub the feed names (``<atom:link rel="hub">``), with itself as the topic."""
         self.lock = threading.Lock()
         self.items: list[FeedItem] = []
         self.stats = FeedStats()
@@ -60,7 +63,7 @@ class FeedServer(ThreadingHTTPServer):
             self._render(time.time())
 
     def _render(self, moment: float) -> None:
-        self.body = _render_feed(self.base_url, self.items, moment)
+        self.body = _render_feed(self.base_url, self.items, moment, hub=self.hub)
         self.etag = '"' + hashlib.sha256(self.body).hexdigest()[:32] + '"'
         self.last_modified = int(moment)  # HTTP dates have whole seconds
         self.last_modified_header = format_datetime(
@@ -75,9 +78,15 @@ class FeedServer(ThreadingHTTPServer):
             return time.time()
 
 
-def _render_feed(base_url: str, items: Sequence[FeedItem], built: float) -> bytes:
+def _render_feed(
+    base_url: str, items: Sequence[FeedItem], built: float, *, hub: str | None = None
+) -> bytes:
+    ET.register_namespace("atom", ATOM)
     rss = ET.Element("rss", {"version": "2.0"})
     channel = ET.SubElement(rss, "channel")
+    if hub is not None:
+        ET.SubElement(channel, f"{{{ATOM}}}link", {"rel": "hub", "href": hub})
+        ET.SubElement(channel, f"{{{ATOM}}}link", {"rel": "self", "href": base_url + FEED_PATH})
     for tag, text in (
         ("title", "Benchmark Medical News"),
         ("link", f"{base_url}/"),

@@ -45,6 +45,7 @@ def make_project(
     settings["site"]["url"] = site_url
     settings.pop("popularity", None)
     settings["database"] = "sqlite:///var/bench.db"
+    settings["web"] = {**settings.get("web", {}), "port": 0}  # any free port for the web app
     (folder / "schedules").mkdir(parents=True)
     shutil.copytree(ROOT / "templates", folder / "templates")
     text = yaml.safe_dump(settings, sort_keys=False, allow_unicode=True)
