@@ -39,7 +39,7 @@ from urllib.parse import parse_qs, urlsplit
 import yaml
 
 from sample.wordpress import CONTENT_TYPE as WP_CONTENT_TYPE
-from sample.wordpress import WP_POSTS, WordPressAPI
+from sample.wordpress import WP_POSTS, WordPressAPI, post_ids
 
 __all__ = [
     "DEFAULT_PORT",
@@ -491,12 +491,14 @@ class SampleSite(ThreadingHTTPServer):
         if self.articles:
             newest = max(article["modified"] for article in self.articles)
             _text(channel, "lastBuildDate", format_datetime(newest, usegmt=True))
+        ids = post_ids(self.articles)
         for article in self.articles:
             slug = article["slug"]
             item = ET.SubElement(channel, "item")
             _text(item, "title", display_title(article))
             _text(item, "link", self.article_url(slug))
-            ET.SubElement(item, "guid", {"isPermaLink": "false"}).text = f"sample-{slug}"
+            guid = f"{self.base_url}/?p={ids[slug]}"  # as WordPress's own feed and API say
+            ET.SubElement(item, "guid", {"isPermaLink": "false"}).text = guid
             _text(item, "description", article["lead"])
             _text(item, "pubDate", format_datetime(article["published"], usegmt=True))
             _text(item, f"{{{NS_DC}}}creator", article["author"])

@@ -85,7 +85,8 @@ class WordPressAPI:
 
     def _posts(self) -> list[dict[str, Any]]:
         """The articles as WordPress posts (with every ``_embedded`` relation), oldest id first."""
-        oldest_first = sorted(self.site.articles, key=lambda a: (a["published"], a["slug"]))
+        ids = post_ids(self.site.articles)
+        oldest_first = sorted(self.site.articles, key=lambda a: ids[a["slug"]])
         authors = sorted({str(a["author"]) for a in self.site.articles})
         topics = sorted({str(t) for a in self.site.articles for t in a["topics"]})
         category_ids = {name: 2 + index for index, name in enumerate(topics)}
@@ -94,7 +95,7 @@ class WordPressAPI:
         api = f"{self.base_url}/wp-json/wp/v2"
         posts = []
         for index, article in enumerate(oldest_first):
-            post_id, media_id = 101 + index, 501 + index
+            post_id, media_id = ids[article["slug"]], 501 + index
             slug = article["slug"]
             author_id = 1 + authors.index(article["author"])
             categories = [*article["topics"]]
@@ -322,3 +323,10 @@ def _wp_json(status: int, data: object, headers: dict[str, str] | None = None) -
 
 def _wp_error(status: int, code: str, message: str) -> Answer:
     return _wp_json(status, {"code": code, "message": message, "data": {"status": status}})
+
+
+def post_ids(articles: list[dict[str, Any]]) -> dict[str, int]:
+    """The WordPress post id of each article (by slug): 101, 102 ... oldest first. The RSS feed
+    uses the same ids in its GUIDs (``BASE/?p=ID``), as a WordPress site's own feed does."""
+    oldest_first = sorted(articles, key=lambda a: (a["published"], a["slug"]))
+    return {article["slug"]: 101 + index for index, article in enumerate(oldest_first)}

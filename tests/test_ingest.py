@@ -356,3 +356,29 @@ def test_a_pushed_feed_is_stored_like_a_read_one(
     broken = pipeline.ingest_pushed("feed", b"<html><body>not a feed</body></html>")
     assert broken.error is not None and "HTML page" in broken.error
     assert site.hits == []  # a push is not a read
+
+
+def test_a_feed_and_the_wordpress_api_of_one_site_make_one_article_each(
+    tmp_path: Path, sample_site: SampleSite, opened: list[tuple[Pipeline, Store]]
+) -> None:
+    """The example reads the sample site's feed and its WordPress API: the same GUIDs, one
+    article each; and polling both again changes nothing and reads no page."""
+    config = load_config(copy_example(tmp_path, sample_site.base_url), {})
+    assert [s.name for s in config.sources] == ["sample-feed", "sample-wordpress"]
+    store = Store.open(config.database_url, migrate_now=True)
+    pipeline = Pipeline(config, store, env={})
+    opened.append((pipeline, store))
+    feed, wordpress, views_24h, views_7d = pipeline.ingest().sources
+    count = len(sample_site.articles)
+    assert (feed.new, wordpress.changed, wordpress.new) == (count, count, 0)
+    assert views_24h.changed == views_7d.changed == count  # JSON and CSV views matched
+    assert store.count_articles() == count
+    article = store.article(f"{sample_site.base_url}/?p=101")
+    assert article is not None and article.image and article.fact_checker is not None
+    writes = writes_to(store)
+    feed, wordpress = pipeline.ingest(popularity=False).sources
+    assert feed.not_modified and (wordpress.not_modified or wordpress.unchanged == count)
+    assert not [
+        w for w in writes if not w.lstrip().upper().startswith("UPDATE ARTICLES SET LAST_SEEN")
+    ]
+    assert store.count_articles() == count

@@ -146,11 +146,14 @@ def test_feed_parses(
     entries = parsed["entries"]
     assert len(entries) == len(articles)
 
-    by_id = {a["slug"]: a for a in articles}
+    # GUIDs are WordPress's (BASE/?p=ID), the same as the API's guid.rendered.
+    posts = {post["guid"]["rendered"]: post["slug"] for post in site.wp_posts}
+    by_id = {guid: next(a for a in articles if a["slug"] == slug) for guid, slug in posts.items()}
     newest_first = sorted(articles, key=lambda a: a["published_hours_ago"])
-    assert [e["id"] for e in entries] == [f"sample-{a['slug']}" for a in newest_first]
+    slugs = {slug: guid for guid, slug in posts.items()}
+    assert [e["id"] for e in entries] == [slugs[a["slug"]] for a in newest_first]
     for entry in entries:
-        article = by_id[entry["id"].removeprefix("sample-")]
+        article = by_id[entry["id"]]
         slug = article["slug"]
         assert entry["link"] == f"{site.base_url}/articles/{slug}.html"
         assert entry["title"] == display_title(article)

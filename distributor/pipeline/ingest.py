@@ -159,7 +159,7 @@ class Ingest:
         aliases = self.store.article_aliases(a.id for a in articles)
         articles = [replace(a, id=aliases.get(a.id, a.id)) for a in articles]
         hashes = {a.id: content_hash(a) for a in articles}
-        known = self.store.known_hashes(hashes)
+        known = self.store.known_hashes(hashes, source=source.name)
         pages = _page_reader(source, self.client)
         out: list[Article] = []
         new_aliases: dict[str, str] = {}

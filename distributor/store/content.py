@@ -38,18 +38,21 @@ class ContentQueries(StoreBase):
         """Store ``article``; return ``"new"``, ``"changed"`` or ``"unchanged"``."""
         return self.upsert_articles([article], now=now)[article.id]
 
-    def known_hashes(self, ids: Iterable[str]) -> dict[str, str]:
-        """The content hash stored for each of ``ids`` that is stored (what its source last
-        gave), so a caller can tell an unchanged article without reading more."""
+    def known_hashes(self, ids: Iterable[str], *, source: str | None = None) -> dict[str, str]:
+        """For each of ``ids`` that is stored, the hash of what ``source`` (default: the source
+        that last wrote it) gave last time, so a caller can tell an unchanged article without
+        reading more. Two sources of one article (a feed and the WordPress API) each compare
+        with their own last answer, so neither makes the other look changed."""
         wanted = list(dict.fromkeys(ids))
         found: dict[str, str] = {}
+        columns = (articles.c.id, articles.c.source, articles.c.content_hash, articles.c.hashes)
         with self.engine.connect() as conn:
             for start in range(0, len(wanted), BATCH):
                 chunk = wanted[start : start + BATCH]
-                rows = conn.execute(
-                    select(articles.c.id, articles.c.content_hash).where(articles.c.id.in_(chunk))
-                )
-                found.update(dict(rows.all()))
+                for row in conn.execute(select(*columns).where(articles.c.id.in_(chunk))):
+                    known = _source_hash(row, source or row.source)
+                    if known is not None:
+                        found[row.id] = known
         return found
 
     def upsert_articles(
@@ -232,9 +235,10 @@ def _upsert_chunk(
         values["content_hash"] = hashes.get(article.id, values["content_hash"])
         row = stored.get(article.id)
         if row is None:
+            values["hashes"] = {article.source: values["content_hash"]}
             new_rows.append({"id": article.id, "first_seen": moment, "last_seen": moment, **values})
             outcomes[article.id] = "new"
-        elif row.content_hash == values["content_hash"]:
+        elif _source_hash(row, article.source) == values["content_hash"]:
             unchanged.append(article.id)
             outcomes[article.id] = "unchanged"
         else:
@@ -242,6 +246,7 @@ def _upsert_chunk(
                 key: value if value not in (None, [], "") else row._mapping[key]
                 for key, value in values.items()
             }
+            kept["hashes"] = {**(row.hashes or {}), article.source: values["content_hash"]}
             conn.execute(
                 update(articles).where(articles.c.id == article.id).values(last_seen=moment, **kept)
             )
@@ -251,3 +256,11 @@ def _upsert_chunk(
     if unchanged:
         conn.execute(update(articles).where(articles.c.id.in_(unchanged)).values(last_seen=moment))
     return outcomes
+
+
+def _source_hash(row: Any, source: str) -> str | None:
+    """The hash of what ``source`` last gave for the article in ``row``."""
+    by_source: dict[str, str] = row.hashes or {}
+    if source in by_source:
+        return by_source[source]
+    return str(row.content_hash) if row.source == source else None

@@ -83,6 +83,9 @@ articles = Table(
     Column("related", JSON, nullable=False, default=list),
     Column("shares", Integer),
     Column("content_hash", String(64), nullable=False),
+    # The hash of what each source last gave ({source: hash}): an article two sources carry
+    # (a feed and the WordPress API) is unchanged for each while its own answer is.
+    Column("hashes", JSON),
     Column("first_seen", UTCDateTime, nullable=False),
     Column("last_seen", UTCDateTime, nullable=False),
     Index("ix_articles_url", "url"),

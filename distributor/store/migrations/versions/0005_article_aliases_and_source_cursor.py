@@ -1,4 +1,4 @@
-"""article aliases and source cursor
+"""article aliases, source cursor and per-source article hashes
 
 Revision ID: 0005
 Revises: 0004
@@ -36,9 +36,13 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("source_state", schema=None) as batch_op:
         batch_op.add_column(sa.Column("cursor", sa.Text(), nullable=True))
+    with op.batch_alter_table("articles", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("hashes", sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("articles", schema=None) as batch_op:
+        batch_op.drop_column("hashes")
     with op.batch_alter_table("source_state", schema=None) as batch_op:
         batch_op.drop_column("cursor")
     op.drop_table("article_aliases")
