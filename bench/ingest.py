@@ -65,7 +65,9 @@ def project(folder: Path, feed_url: str) -> Path:
         "site: {name: Bench, url: 'http://127.0.0.1/', postal_address: '1 Bench Road',"
         " timezone: UTC, email_from: bench@bench.example}\n"
         f"database: sqlite:///{folder / 'bench.db'}\n"
-        f"sources:\n  feed: {{type: rss, url: '{feed_url}', max_bytes: 100000000}}\n"
+        # Only the feed is measured: no article pages (the server has none).
+        f"sources:\n  feed: {{type: rss, url: '{feed_url}', max_bytes: 100000000,"
+        " pages: {fetch: never}}\n"
         "channels: {}\n",
         encoding="utf-8",
     )

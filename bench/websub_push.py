@@ -117,6 +117,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             time.sleep(0.05)
         watcher = PostWatcher(folders)
         latencies: list[float] = []
+        each: list[dict[str, Any]] = []
         for n in range(args.articles):
             time.sleep(rng.uniform(args.min_gap, args.max_gap))
             item = article(n, server.base_url)
@@ -135,10 +136,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if seen is None:
                 raise BenchError(f"no post for {item.guid} within {args.settle_timeout:g} s")
             latencies.append(seen - pushed_at)
+            each.append({"guid": item.guid, "pushed_at": pushed_at, "latency": seen - pushed_at})
         stats = summary(latencies)
         result: dict[str, Any] = {
             "articles": args.articles,
             "latency_seconds": stats,
+            "each": each,
             "feed_requests": server.stats.requests,
             "target_p95": args.target_p95,
             "passed": stats["p95"] <= args.target_p95,

@@ -359,6 +359,7 @@ class Scheduler:
         self._since: dict[str, datetime] = {}  # schedule key -> fire times after this are new
         self._why: dict[str, str] = {}  # how the first pass explains what it misses
         self._again: set[str] = set()  # asked to fire now while running: once more after
+        self._latest: dict[str, datetime] = {}  # schedule key -> the latest fire time run
 
     def start(self, *, background: bool = True) -> None:
         """Start; the first pass, at once, catches up. ``background=False``: ``tick()`` drives."""
@@ -390,13 +391,19 @@ class Scheduler:
 
     def fire_now(self, key: str) -> bool:
         """Run schedule ``key`` now, off its grid (a WebSub push brought new articles): its fire
-        time is now. If it is running, it runs once more as soon as that run ends. False when
+        time is now, in whole seconds, and later than any fire time it ran. If it is running, it runs once more as soon as that run ends. False when
         there is no such schedule or the scheduler has not started."""
         job = self._engine.get_job(key) if self._engine.running else None
         schedule = self._schedules.get(key)
         if job is None or schedule is None:
             return False
-        if not self._submit(job, schedule, _utc(self._clock())):
+        # An edition is one schedule at one fire time in whole seconds: a push a moment after
+        # another (or after a tick of the grid) takes the next second, never the same one.
+        now = _utc(self._clock()).replace(microsecond=0)
+        with self._lock:
+            latest = self._latest.get(key)
+        fire_time = now if latest is None or now > latest else latest + timedelta(seconds=1)
+        if not self._submit(job, schedule, fire_time):
             with self._lock:
                 self._again.add(key)
         return True
@@ -444,6 +451,7 @@ class Scheduler:
             if schedule.key in self._running:
                 return False
             self._running[schedule.key] = fire_time
+            self._latest[schedule.key] = max(fire_time, self._latest.get(schedule.key, fire_time))
         try:
             self._executor.submit_job(job, [fire_time])
         except MaxInstancesReachedError:  # not expected: _running says so first

@@ -42,7 +42,7 @@ def test_init_writes_a_starter_that_validates(tmp_path: Path) -> None:
     assert (target / "templates" / "social" / "post.x.txt.j2").is_file()
     check = CliRunner().invoke(cli, ["--config", str(target / "distributor.yaml"), "validate"])
     assert check.exit_code == 0, check.output
-    assert "ok (3 schedules, 3 channels, 1 sources)" in check.output
+    assert "ok (3 schedules, 3 channels, 2 sources)" in check.output
     again = CliRunner().invoke(cli, ["init", str(target)])
     assert again.exit_code == 2
     assert "exists already" in again.output

@@ -620,13 +620,13 @@ def test_the_example_is_valid(root: Path) -> None:
         "daily-digest",
         "weekly-most-read",
     ]
-    assert [s.name for s in config.sources] == ["sample-feed"]
+    assert [s.name for s in config.sources] == ["sample-feed", "sample-wordpress"]
     assert config.settings.site.timezone == "Asia/Bangkok"
     assert config.schedule("daily-digest").trigger.cron == "0 7 * * *"
 
     result = validate(root / CONFIG)
     assert result.exit_code == 0, result.output
-    assert result.stdout == f"{root / CONFIG}: ok (3 schedules, 3 channels, 1 sources)\n"
+    assert result.stdout == f"{root / CONFIG}: ok (3 schedules, 3 channels, 2 sources)\n"
     assert result.stderr == ""
 
 
