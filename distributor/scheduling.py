@@ -391,8 +391,9 @@ class Scheduler:
 
     def fire_now(self, key: str) -> bool:
         """Run schedule ``key`` now, off its grid (a WebSub push brought new articles): its fire
-        time is now, in whole seconds, and later than any fire time it ran. If it is running, it runs once more as soon as that run ends. False when
-        there is no such schedule or the scheduler has not started."""
+        time is now, in whole seconds, and later than any fire time it ran. If it is running, it
+        runs once more as soon as that run ends. False when there is no such schedule or the
+        scheduler has not started."""
         job = self._engine.get_job(key) if self._engine.running else None
         schedule = self._schedules.get(key)
         if job is None or schedule is None:

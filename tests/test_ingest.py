@@ -382,3 +382,41 @@ def test_a_feed_and_the_wordpress_api_of_one_site_make_one_article_each(
         w for w in writes if not w.lstrip().upper().startswith("UPDATE ARTICLES SET LAST_SEEN")
     ]
     assert store.count_articles() == count
+
+
+@pytest.mark.parametrize(
+    ("element", "field", "breaking"),
+    [
+        ("<news:breaking>yes</news:breaking>", "news_breaking", True),
+        ("<breaking>1</breaking>", "breaking", True),
+        ("<breaking>no</breaking>", "breaking", False),
+        ("", "breaking", False),
+        ("<news:breaking>true</news:breaking>", None, False),  # not asked for: not read
+    ],
+)
+def test_a_feed_can_flag_breaking_news_in_a_field_of_its_own(
+    tmp_path: Path,
+    site: Site,
+    opened: list[tuple[Pipeline, Store]],
+    element: str,
+    field: str | None,
+    breaking: bool,
+) -> None:
+    site.replies["/feed.xml"] = Reply(
+        body=(
+            '<rss version="2.0" xmlns:news="http://news.example/ns"><channel><title>t</title>'
+            f"<item><title>Plain title</title><link>{site.base_url}/a</link><guid>f1</guid>"
+            f"{element}</item></channel></rss>"
+        ).encode()
+    )
+    option = f", breaking_field: {field}" if field else ""
+    pipeline, store = project(
+        tmp_path,
+        f"  feed: {{type: rss, url: '{site.base_url}/feed.xml', pages: {{fetch: never}}"
+        f"{option}}}\n",
+    )
+    opened.append((pipeline, store))
+    assert pipeline.ingest().sources[0].new == 1
+    article = store.article("f1")
+    assert article is not None and article.breaking is breaking
+    assert article.title == "Plain title"

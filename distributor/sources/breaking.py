@@ -1,4 +1,5 @@
-"""How a source tells a breaking story: a marker at the start of its title, or a category.
+"""How a source tells a breaking story: a marker at the start of its title, a category, or a
+flag field.
 
 Shared by every source, so "BREAKING! ..." in a feed and in the WordPress API mean the same.
 """
@@ -6,6 +7,7 @@ Shared by every source, so "BREAKING! ..." in a feed and in the WordPress API me
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 DEFAULT_MARKERS = ("BREAKING!", "BREAKING:", "BREAKING NEWS:", "Breaking News:", "BREAKING NEWS")
 DEFAULT_CATEGORIES = ("Breaking News", "Breaking")
@@ -40,3 +42,19 @@ def split_categories(
     breaking = any(c.casefold() in wanted for c in names)
     topics = tuple(dict.fromkeys(c for c in names if c.casefold() not in wanted))
     return topics, breaking
+
+
+TRUE_WORDS = frozenset({"1", "true", "yes", "on", "y"})
+
+
+def flag_is_set(value: Any) -> bool:
+    """Whether a flag field is set, as WordPress, ACF and meta fields spell it."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return value != 0
+    if isinstance(value, str):
+        return value.strip().casefold() in TRUE_WORDS
+    if isinstance(value, list):  # an ACF checkbox: ["yes"]
+        return any(flag_is_set(item) for item in value)
+    return False

@@ -27,6 +27,7 @@ from distributor.sources.base import FetchResult, FetchState, Source
 from distributor.sources.breaking import (
     DEFAULT_CATEGORIES,
     DEFAULT_MARKERS,
+    flag_is_set,
     split_categories,
     strip_marker,
 )
@@ -71,6 +72,12 @@ class RSSSource(Source):
         max_bytes: int = Field(default=20_000_000, gt=0, description="Larger answers are refused.")
         breaking_categories: list[str] = Field(default_factory=lambda: list(DEFAULT_CATEGORIES))
         breaking_markers: list[str] = Field(default_factory=lambda: list(DEFAULT_MARKERS))
+        breaking_field: str | None = Field(
+            default=None,
+            description="An element of each item that flags breaking news, as feedparser names "
+            "it: `breaking` for <breaking>, `news_breaking` for <news:breaking> in a namespace "
+            "whose prefix is news; true, 1, yes or on mean breaking.",
+        )
         auth_token_env: str | None = Field(
             default=None,
             description="The environment variable holding a bearer token, sent to the feed as "
@@ -156,7 +163,9 @@ class RSSSource(Source):
         title, marked = strip_marker(plain_text(entry.get("title")), self.options.breaking_markers)
         categories = [plain_text(tag.get("term")) for tag in entry.get("tags", [])]
         topics, in_category = split_categories(categories, self.options.breaking_categories)
-        breaking = marked or in_category
+        field = self.options.breaking_field
+        flagged = field is not None and flag_is_set(dict.get(entry, field))
+        breaking = marked or in_category or flagged
         if not title:
             return None
         return Article(

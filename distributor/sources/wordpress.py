@@ -35,6 +35,7 @@ from distributor.sources.base import FetchResult, FetchState, Source
 from distributor.sources.breaking import (
     DEFAULT_CATEGORIES,
     DEFAULT_MARKERS,
+    flag_is_set,
     split_categories,
     strip_marker,
 )
@@ -52,7 +53,6 @@ API_PATH = "/wp-json/wp/v2/posts"
 TOPIC_TAXONOMIES = frozenset({"category", "post_tag"})
 # WordPress's default category says nothing about the story.
 NO_TOPIC_SLUGS = frozenset({"uncategorized"})
-TRUE_WORDS = frozenset({"1", "true", "yes", "on", "y"})
 # "… [&hellip;]" or "[...]" at the end of an automatic excerpt.
 _MORE = re.compile(r"\s*\[(?:…|\.\.\.)\]\s*$")
 
@@ -263,7 +263,7 @@ class WordPressSource(Source):
         terms = _terms(embedded.get("wp:term"))
         topics, in_category = split_categories(terms, self.options.breaking_categories)
         field = self.options.breaking_field
-        flagged = field is not None and _truthy(_dig(post, field))
+        flagged = field is not None and flag_is_set(_dig(post, field))
         excerpt = post.get("excerpt")
         summary = None
         if _mapping(excerpt).get("protected") is not True:  # a protected post keeps its lead
@@ -325,19 +325,6 @@ def _dig(post: Mapping[str, Any], path: str) -> Any:
             return None
         value = value.get(key)
     return value
-
-
-def _truthy(value: Any) -> bool:
-    """Whether a flag field is set, as WordPress, ACF and meta fields spell it."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int | float):
-        return value != 0
-    if isinstance(value, str):
-        return value.strip().casefold() in TRUE_WORDS
-    if isinstance(value, list):  # an ACF checkbox: ["yes"]
-        return any(_truthy(item) for item in value)
-    return False
 
 
 def _parse_gmt(value: Any) -> datetime | None:
