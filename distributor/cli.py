@@ -34,7 +34,8 @@ from distributor.exceptions import (
 from distributor.models import DeliveryStatus
 from distributor.pipeline import FINAL_STATES, Pipeline
 from distributor.reports import IngestReport, Recovery, RunReport
-from distributor.store import ALL_SCHEDULES, Store
+from distributor.store import Store
+from distributor.store.rows import scope_name
 from distributor.subscribers import check_address, import_csv, write_csv
 
 log = logging.getLogger("distributor")
@@ -486,11 +487,12 @@ def deliveries(
 @click.option("--reason", help="Why; shown with every edition it holds.")
 @click.pass_obj
 def hold(state: State, schedule_name: str | None, reason: str | None) -> None:
-    """Stop all sending, or one schedule's, at once. Nothing queued is lost: editions are
-    still prepared and wait, held, until `distributor release`."""
+    """Stop all sending, or one schedule's (SCHEDULE), or one channel's (channel:NAME), at
+    once. Nothing queued is lost: editions are still prepared and wait, held, until
+    `distributor release`."""
     with state.pipeline() as pipeline, _usage():
         new = pipeline.hold(schedule_name, reason)
-    what = f"schedule {schedule_name}" if schedule_name else "all sending"
+    what = scope_name(schedule_name) if schedule_name else "all sending"
     why = f": {reason}" if reason else ""
     click.echo(f"{'held' if new else 'still held'}: {what}{why}")
     click.echo(
@@ -503,16 +505,17 @@ def hold(state: State, schedule_name: str | None, reason: str | None) -> None:
 @click.argument("schedule_name", metavar="[SCHEDULE]", required=False)
 @click.pass_obj
 def release(state: State, schedule_name: str | None) -> None:
-    """Restart all sending (every hold), or one schedule's, and send what the held editions
-    owe right away."""
+    """Restart all sending (every hold), or one schedule's (SCHEDULE), or one channel's
+    (channel:NAME, held when its credentials were refused), and send what waited right away."""
     with state.pipeline() as pipeline, _usage():
         recovery = _recover(pipeline)
         report = pipeline.release(schedule_name)
         for lifted in report.lifted:
-            scope = "all sending" if lifted.scope == ALL_SCHEDULES else f"schedule {lifted.scope}"
-            click.echo(f"released: {scope}")
+            click.echo(f"released: {lifted.what}")
         if not report.lifted:
-            what = f"schedule {schedule_name} was not held" if schedule_name else "no hold to lift"
+            what = (
+                f"{scope_name(schedule_name)} was not held" if schedule_name else "no hold to lift"
+            )
             click.echo(what)
         if report.still_held:
             click.echo(f"note: {report.still_held}; `distributor release` lifts it")

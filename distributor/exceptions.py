@@ -12,6 +12,8 @@
     └── DeliveryError               a channel could not deliver a message
         ├── TransientDeliveryError  a passing failure: retry later (SMTP 4xx, HTTP 429/5xx, drops)
         └── PermanentDeliveryError  retrying will not help (SMTP 5xx, HTTP 4xx, bad address)
+            └── CredentialsRefusedError  the platform refused the account's credentials (401,
+                                         403): the channel stops and raises an alert
 
 Library errors are converted at the edge of the module that calls the library, with
 ``raise ... from exc``, so callers only ever need to catch this tree.
@@ -124,3 +126,10 @@ class TransientDeliveryError(DeliveryError):
 
 class PermanentDeliveryError(DeliveryError):
     """A failure that retrying will not fix; it is recorded with its reason and shown."""
+
+
+class CredentialsRefusedError(PermanentDeliveryError):
+    """The platform refused the channel's credentials (revoked token, 401 or 403): nothing
+    more goes to this channel in the run, the rest waits in the outbox, and an alert says
+    which channel and why. Sending resumes once an operator fixes the credentials and
+    releases it."""

@@ -35,6 +35,9 @@ class TargetReport:
     waiting_why: str | None = None
     stale: int = 0
     """Skipped: older than the schedule's max_age by the time they could go out."""
+    channel_held: str | None = None
+    """Why nothing more goes to this channel until an operator releases it (the platform
+    refused the credentials); what was not sent waits in the outbox."""
 
 
 @dataclass(kw_only=True)

@@ -6,6 +6,7 @@ was handed over, so every wait the engine promises is checked against real send 
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +20,11 @@ from distributor.channels.fake import FakeChannel
 from distributor.delivery import Outbox, Plan
 from distributor.delivery.limits import SEND_MARGIN, Limiter, backoff, windows
 from distributor.delivery.outbox import STOPPED
-from distributor.exceptions import PermanentDeliveryError, TransientDeliveryError
+from distributor.exceptions import (
+    CredentialsRefusedError,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
 from distributor.models import DeliveryStatus, Message
 from distributor.store import DeliveryRow, Store
 
@@ -365,3 +370,45 @@ def test_runs_side_by_side_share_one_limit(store: Store) -> None:
     assert len(times) == 12
     for i, start in enumerate(times):
         assert sum(1 for t in times[i:] if t < start + 1.0) <= 5
+
+
+def test_refused_credentials_hold_the_channel_until_released(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 401 for revoked credentials: not retried forever, not failed for good. The post goes
+    back to the outbox untried, the channel is held (here and in later editions), an alert
+    says what to do, and the other channels go on."""
+    edition_id, messages = edition_with(store, "fake", 3)
+    refused = FakeChannel(script=[None, CredentialsRefusedError("HTTP 401: invalid token")])
+    other = FakeChannel("other")
+    other_messages = [
+        Message(channel="other", recipient="other", key=m.key, text=m.text) for m in messages
+    ]
+    store.add_deliveries(
+        edition_id,
+        [{"channel": "other", "recipient": "other", "message_key": m.key} for m in messages],
+    )
+    with caplog.at_level(logging.ERROR):
+        state, _ = send(
+            outbox(store), edition_id, plan_of(refused, messages), plan_of(other, other_messages)
+        )
+    assert state == "delivering"
+    assert len(refused.calls) == 2 and len(other.delivered) == 3  # the others went on
+    fake_rows = {d.message_key: d for d in store.deliveries_of(edition_id) if d.channel == "fake"}
+    assert [fake_rows[k].status for k in ("a0", "a1", "a2")] == ["sent", "pending", "pending"]
+    # The refused try is given back: neither an attempt nor a failure is counted.
+    assert (fake_rows["a1"].attempts, fake_rows["a1"].failures) == (0, 0)
+    alert = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert alert and "fake" in alert[0] and "distributor release channel:fake" in alert[0]
+    hold = store.channel_hold("fake")
+    assert hold is not None and "invalid token" in (hold.reason or "")
+
+    # Held: a later pass (the daemon's housekeeping) sends nothing to it.
+    again = FakeChannel()
+    assert send(outbox(store), edition_id, plan_of(again, messages))[0] == "delivering"
+    assert again.calls == []
+    # Released (credentials fixed): what waited goes out, once.
+    assert [h.scope for h in store.release("channel:fake")] == ["channel:fake"]
+    fixed = FakeChannel()
+    assert send(outbox(store), edition_id, plan_of(fixed, messages))[0] == "done"
+    assert sorted(m.key for m in fixed.delivered) == ["a1", "a2"]

@@ -40,6 +40,7 @@ from distributor.delivery.limits import (
     utc,
 )
 from distributor.exceptions import (
+    CredentialsRefusedError,
     DeliveryError,
     DistributorError,
     TemplateError,
@@ -47,7 +48,7 @@ from distributor.exceptions import (
 )
 from distributor.models import DeliveryResult, DeliveryStatus, Message
 from distributor.reports import Outcome, TargetReport
-from distributor.store import DeliveryRow, EditionRow, Store
+from distributor.store import CHANNEL_SCOPE, DeliveryRow, EditionRow, Store
 
 log = logging.getLogger(__name__)
 
@@ -491,6 +492,10 @@ class Outbox:
         folder = getattr(channel, "folder", None)
         report.folder = str(folder) if folder is not None else None
         limiter = self.limiter(channel)
+        if not dry_run and (channel_hold := self.store.channel_hold(channel.name)):
+            report.channel_held = channel_hold.describe  # all of it waits for the release
+            report.pending += len(pending)
+            return report
         seen: set[tuple[str, str]] = set()
         complete = True
         next_check = 0.0
@@ -529,7 +534,9 @@ class Outbox:
             if not self._within_limits(channel, limiter, pending, seen, report, key, entry):
                 complete = False
                 break
-            self._attempt(entry, channel, message, report, limiter)
+            if not self._attempt(entry, channel, message, report, limiter):
+                complete = False
+                break
         if report.held:
             report.pending = len(pending) - len(seen) + 1  # the one in hand was not sent
             return report
@@ -587,7 +594,9 @@ class Outbox:
         message: Message,
         report: TargetReport,
         limiter: Limiter,
-    ) -> None:
+    ) -> bool:
+        """Send one message and record what came of it; False when nothing more may go to
+        this channel in this run (the platform refused its credentials)."""
         delivery_id, failures = entry
         me = claimant()
         try:
@@ -602,7 +611,7 @@ class Outbox:
             if failures >= self.max_failures:
                 reason = f"gave up after {failures} passing failures: {exc.reason}"
                 self._failed(delivery_id, "transient", reason, report, message, me)
-                return
+                return True
             delay = exc.retry_after if exc.retry_after else self.backoff(failures)
             self.store.defer_delivery(
                 delivery_id,
@@ -618,13 +627,16 @@ class Outbox:
                 exc.reason,
                 delay,
             )
-            return
+            return True
+        except CredentialsRefusedError as exc:
+            self._refused(delivery_id, channel, exc.reason, report, me)
+            return False
         except DeliveryError as exc:
             self._failed(delivery_id, "permanent", exc.reason, report, message, me)
-            return
+            return True
         except DistributorError as exc:
             self._failed(delivery_id, "permanent", str(exc), report, message, me)
-            return
+            return True
         if not self.store.finish_delivery(
             delivery_id, DeliveryStatus.SENT, remote_id=result.remote_id, claimant=me
         ):
@@ -635,6 +647,21 @@ class Outbox:
                 channel.name,
             )
         report.sent += 1
+        return True
+
+    def _refused(
+        self, delivery_id: int, channel: Channel, reason: str, report: TargetReport, me: str
+    ) -> None:
+        """The platform refused the channel's credentials: the message goes back to the outbox
+        untried, the channel is held (every later message, in every edition, waits with it) and
+        an alert says what to do. Retrying with the same credentials would only fail again."""
+        self.store.release_delivery(
+            delivery_id, claimant=me, until=None, why=f"not sent: {channel.name}: {reason}"
+        )
+        fix = f"fix them, then `distributor release channel:{channel.name}`"
+        self.store.hold(CHANNEL_SCOPE + channel.name, f"credentials refused ({reason}); {fix}")
+        report.channel_held = f"channel {channel.name} refused its credentials: {reason}; {fix}"
+        log.error("ALERT: %s", report.channel_held)
 
     def _failed(
         self,

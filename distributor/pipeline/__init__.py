@@ -33,7 +33,7 @@ from distributor.reports import (
     RetryReport,
     RunReport,
 )
-from distributor.store import ALL_SCHEDULES, DeliveryRow, EditionRow
+from distributor.store import ALL_SCHEDULES, CHANNEL_SCOPE, DeliveryRow, EditionRow
 
 log = logging.getLogger(__name__)
 
@@ -56,19 +56,31 @@ class Pipeline(Core):
                 reports.append(self.resume(owner, row))
         return reports
 
+    def _scope(self, name: str) -> None:
+        """Check a hold's scope: a schedule, or ``channel:NAME`` (a ConfigError if unknown)."""
+        if name.startswith(CHANNEL_SCOPE):
+            self.config.channel(name.removeprefix(CHANNEL_SCOPE))
+        else:
+            self.config.schedule(name)
+
     def hold(self, schedule: str | None, reason: str | None) -> bool:
-        """Stop the sending of ``schedule`` (None: of everything) at once; False if it was held
-        already. Runs go on selecting and writing their outbox; nothing is sent."""
+        """Stop the sending of ``schedule`` (None: of everything; ``channel:NAME``: of one
+        channel) at once; False if it was held already. Runs go on selecting and writing their
+        outbox; nothing is sent."""
         if schedule is not None:
-            self.config.schedule(schedule)  # an unknown name is a ConfigError
+            self._scope(schedule)  # an unknown name is a ConfigError
         return self.store.hold(schedule or ALL_SCHEDULES, reason)
 
     def release(self, schedule: str | None) -> ReleaseReport:
-        """Lift the hold on ``schedule`` (None: every hold) and send what the held editions of
-        that schedule (or of all) owe, unless they wait for approval or another hold."""
+        """Lift the hold on ``schedule`` (None: every hold; ``channel:NAME``: one channel's) and
+        send what the held editions of that schedule (or of all) owe, unless they wait for
+        approval or another hold; after a channel's hold, what waited for that channel."""
         if schedule is not None:
-            self.config.schedule(schedule)
+            self._scope(schedule)
         report = ReleaseReport(lifted=self.store.release(schedule))
+        if schedule is not None and schedule.startswith(CHANNEL_SCOPE):
+            report.editions.extend(self.resume_due())
+            return report
         if schedule is not None:
             report.still_held = self.outbox.hold_reason(schedule)
         for row in reversed(

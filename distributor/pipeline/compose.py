@@ -106,7 +106,14 @@ class Composer:
                     edition=ref,
                     text=text,
                     article_ids=tuple(a.id for a in items),
-                    payload={"url": post_context["article"]["link"]},
+                    # What a platform needs beside the text: the link for facets and cards,
+                    # the title, lead and image for a link card (Bluesky, Discord, Slack).
+                    payload={
+                        "url": post_context["article"]["link"],
+                        "title": items[0].title,
+                        "description": items[0].summary or "",
+                        "image": items[0].image or "",
+                    },
                 )
             )
         return posts

@@ -9,10 +9,10 @@ from distributor.store.audience import AudienceQueries
 from distributor.store.content import ContentQueries
 from distributor.store.deliveries import DeliveryQueries
 from distributor.store.editions import EditionQueries
-from distributor.store.rows import ALL_SCHEDULES, DeliveryRow, EditionRow, HoldRow
+from distributor.store.rows import ALL_SCHEDULES, CHANNEL_SCOPE, DeliveryRow, EditionRow, HoldRow
 from distributor.store.websub import WebSubQueries
 
-__all__ = ["ALL_SCHEDULES", "DeliveryRow", "EditionRow", "HoldRow", "Store"]
+__all__ = ["ALL_SCHEDULES", "CHANNEL_SCOPE", "DeliveryRow", "EditionRow", "HoldRow", "Store"]
 
 
 class Store(ContentQueries, EditionQueries, DeliveryQueries, AudienceQueries, WebSubQueries):

@@ -11,7 +11,14 @@ from sqlalchemy.exc import IntegrityError
 
 from distributor.exceptions import StoreError
 from distributor.store.base import StoreBase
-from distributor.store.rows import ALL_SCHEDULES, EditionRow, HoldRow, _edition, _now
+from distributor.store.rows import (
+    ALL_SCHEDULES,
+    CHANNEL_SCOPE,
+    EditionRow,
+    HoldRow,
+    _edition,
+    _now,
+)
 from distributor.store.tables import deliveries, editions, holds, schedule_state
 
 
@@ -209,6 +216,11 @@ class EditionQueries(StoreBase):
         """What holds ``schedule`` now: a hold on all sending first, else its own; or None."""
         found = {h.scope: h for h in self.holds() if h.scope in (ALL_SCHEDULES, schedule)}
         return found.get(ALL_SCHEDULES) or found.get(schedule)
+
+    def channel_hold(self, channel: str) -> HoldRow | None:
+        """The hold on ``channel`` (its credentials were refused), or None."""
+        scope = CHANNEL_SCOPE + channel
+        return next((h for h in self.holds() if h.scope == scope), None)
 
     def editions_due(self, now: datetime) -> list[EditionRow]:
         """Real editions being delivered that have a pending delivery due at ``now``: one

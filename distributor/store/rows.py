@@ -15,6 +15,8 @@ from sqlalchemy import (
 from distributor.models import Article, Link, Study
 
 ALL_SCHEDULES = "*"
+CHANNEL_SCOPE = "channel:"
+"""A hold on one channel is the scope ``channel:NAME`` (set when its credentials are refused)."""
 """The scope of a hold on all sending (other holds name their schedule)."""
 
 # How often a write that lost a race to another process (a unique constraint) is tried again.
@@ -79,15 +81,28 @@ class DeliveryRow:
 @dataclass(frozen=True, kw_only=True)
 class HoldRow:
     scope: str
-    """A schedule's name, or :data:`ALL_SCHEDULES`."""
+    """A schedule's name, ``channel:NAME``, or :data:`ALL_SCHEDULES`."""
     reason: str | None
     created_at: datetime
 
     @property
+    def what(self) -> str:
+        """What is held: all sending, a schedule, a channel."""
+        return scope_name(self.scope)
+
+    @property
     def describe(self) -> str:
         """What is held and why, as an edition's reason says it."""
-        what = "all sending" if self.scope == ALL_SCHEDULES else f"schedule {self.scope}"
-        return f"{what} is held" + (f": {self.reason}" if self.reason else "")
+        return f"{self.what} is held" + (f": {self.reason}" if self.reason else "")
+
+
+def scope_name(scope: str) -> str:
+    """A hold's scope as an operator reads it: "all sending", "schedule X", "channel X"."""
+    if scope == ALL_SCHEDULES:
+        return "all sending"
+    if scope.startswith(CHANNEL_SCOPE):
+        return f"channel {scope.removeprefix(CHANNEL_SCOPE)}"
+    return f"schedule {scope}"
 
 
 def content_hash(article: Article) -> str:
