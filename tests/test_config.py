@@ -336,7 +336,8 @@ CASES = [
         "  x:\n    type: carrier-pigeon\n",
         "type: carrier-pigeon",
         "channels.x.type",
-        "unknown channel type 'carrier-pigeon' (known: file, smtp, webhook)",
+        "unknown channel type 'carrier-pigeon' (known: bluesky, discord, file, mastodon, slack, "
+        "smtp, telegram, webhook, x)",
     ),
     Case(
         "channel that is not a mapping",

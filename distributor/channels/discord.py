@@ -1,0 +1,438 @@
+"""The ``discord`` channel: posts to a Discord channel through an incoming webhook.
+
+Each post is one execution of the webhook (Server Settings > Integrations > Webhooks)::
+
+    POST <webhook URL>?wait=true
+    {"content": "...", "allowed_mentions": {"parse": []},
+     "embeds": [{"title": "...", "description": "...", "url": "...", "image": {"url": "..."}}]}
+
+The webhook URL carries its token, so it is a secret: ``webhook_url_env`` names the variable
+that holds it. ``base_url``, when set, replaces its scheme and host (a proxy, a test server).
+
+The rendered post is plain text. Discord would read markdown, mentions and masked links in it,
+so the channel escapes the characters that make them (links excepted) and allows no mention
+at all: a title holding ``@everyone`` or ``[text](address)`` shows as typed and pings nobody.
+With ``embed`` (the default) the article's title, lead, link and image make a card, and the
+article's link in the text is wrapped in ``<...>`` so Discord does not add a second card.
+
+``wait=true`` makes Discord answer with the message, whose id is the delivery's remote id.
+
+=============================  ==============================================================
+2xx                            sent; the id is the message's ``id``
+429                            passing, after ``retry_after`` of the JSON answer (seconds),
+                               else ``X-RateLimit-Reset-After``, else ``Retry-After``
+5xx, timeout, no connection    passing
+401, 403, 404                  credentials refused: the webhook was deleted or its token reset
+400 and anything else          permanent, with Discord's message
+=============================  ==============================================================
+
+``confirm`` returns None: a webhook can fetch a message only by its id, which is what a crash
+lost, so the engine marks the post unknown for an operator to check.
+
+Errors name Discord by its origin only and never show the webhook's address; httpx's request
+log lines have it masked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+from pydantic import Field, field_validator
+
+from distributor.channels.base import Channel, ChannelKind, RateLimit
+from distributor.channels.http import parse_retry_after
+from distributor.exceptions import (
+    CredentialsRefusedError,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
+from distributor.models import DeliveryResult, Message, Secret
+from distributor.plugins import PluginOptions
+
+USER_AGENT = "distributor/0.1"
+MAX_CONTENT = 2000
+MAX_EMBED_TITLE = 256
+MAX_EMBED_DESCRIPTION = 4096
+MAX_ANSWER_BYTES = 64 * 1024
+EXCERPT_CHARS = 200
+_HIDDEN = "**********"
+# Where Discord's own link rule ends one: at a space or a "<".
+_URL = re.compile(r"https?://[^\s<]+")
+# Markdown, mentions (<@id>, <#id>, <t:...>) and masked links ([text](url)); a backslash
+# makes Discord show any of them as typed.
+_MARKDOWN = re.compile(r"([\\*_~`|<>\[\]])")
+# Headings ("# ", "-# "), list items and block quotes start a line.
+_LINE_START = re.compile(r"^(\s*)([#+-])", re.MULTILINE)
+
+
+class DiscordChannel(Channel):
+    """Posts each message to one Discord channel through its incoming webhook."""
+
+    class Options(Channel.Options):
+        webhook_url_env: str = Field(
+            description="The environment variable holding the webhook's URL "
+            "(https://discord.com/api/webhooks/<id>/<token>): a secret, since it holds the token."
+        )
+        base_url: str | None = Field(
+            default=None,
+            description="Replaces the scheme and host of the webhook's URL (a path in it goes "
+            "before the webhook's path): a proxy or a test server.",
+        )
+        embed: bool = Field(
+            default=True,
+            description="Add a card with the article's title, lead, link and image.",
+        )
+        timeout: float = Field(
+            default=10.0, gt=0, description="Seconds to wait for Discord before retrying."
+        )
+
+        @field_validator("base_url")
+        @classmethod
+        def _http_address(cls, value: str | None) -> str | None:
+            if value is None:
+                return None
+            reason = _web_address_problem(value)
+            if reason:
+                raise ValueError(reason)
+            if urlsplit(value).query or urlsplit(value).fragment:
+                raise ValueError("must not have a query or a fragment")
+            return value.rstrip("/")
+
+    options: Options
+    kind: ClassVar[ChannelKind] = "post"
+    platform: ClassVar[str] = "discord"
+    max_length: ClassVar[int | None] = MAX_CONTENT
+    # 30 messages a minute in one channel; a webhook's bucket also holds 5 requests per 2 s.
+    limits: ClassVar[RateLimit] = RateLimit(per_second=2, per_minute=30)
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        options: PluginOptions,
+        secrets: Mapping[str, Secret],
+        root: Path,
+    ) -> None:
+        super().__init__(name=name, options=options, secrets=secrets, root=root)
+        webhook = secrets.get("webhook_url")
+        if webhook is None:
+            # The configuration loader resolves webhook_url_env; only a caller bypassing it
+            # gets here.
+            raise ValueError(
+                f"channel {name!r}: no webhook URL given for {self.options.webhook_url_env}"
+            )
+        self._webhook = webhook
+        self._client: httpx.Client | None = None
+        self._log_filter = _HideInLogs(_secret_parts(webhook.reveal()))
+
+    @property
+    def client(self) -> httpx.Client:
+        """The channel's HTTP client, made on the first send and kept until ``close``."""
+        if self._client is None:
+            self._client = httpx.Client(
+                headers={"User-Agent": USER_AGENT},
+                timeout=self.options.timeout,
+                follow_redirects=False,
+            )
+            # httpx logs each request's address, which holds the webhook's token.
+            logging.getLogger("httpx").addFilter(self._log_filter)
+        return self._client
+
+    def target(self) -> str:
+        """The address each post goes to: the webhook, ``base_url`` applied, ``wait=true``."""
+        value = self._webhook.reveal().strip()
+        if _web_address_problem(value):
+            raise CredentialsRefusedError(
+                f"{self._webhook.variable} does not hold a webhook URL (https://discord.com/"
+                "api/webhooks/<id>/<token>); copy it from the channel's Integrations settings"
+            )
+        parts = urlsplit(value)
+        if self.options.base_url:
+            base = urlsplit(self.options.base_url)
+            parts = parts._replace(
+                scheme=base.scheme, netloc=base.netloc, path=base.path + parts.path
+            )
+        query = "&".join(
+            [item for item in parts.query.split("&") if item and not item.startswith("wait=")]
+            + ["wait=true"]
+        )
+        return urlunsplit(parts._replace(query=query, fragment=""))
+
+    def body(self, message: Message) -> dict[str, Any]:
+        """The JSON document that executes the webhook for ``message``."""
+        link = _web_link(message.payload.get("url"))
+        card = self._card(message, link) if self.options.embed else None
+        document: dict[str, Any] = {
+            # A card shows the article, so its link in the text gets no second one.
+            "content": discord_text(message.text, link if card else None),
+            "allowed_mentions": {"parse": []},
+        }
+        if card:
+            document["embeds"] = [card]
+        return document
+
+    def send(self, message: Message) -> DeliveryResult:
+        if not message.text.strip():
+            raise PermanentDeliveryError("the post is empty; Discord takes no empty message")
+        target = self.target()
+        document = self.body(message)
+        length = len(document["content"])
+        if length > MAX_CONTENT:
+            raise PermanentDeliveryError(
+                f"the post is {length} characters long once escaped; Discord takes at most "
+                f"{MAX_CONTENT}"
+            )
+        status, headers, answer = self._post(target, document)
+        return self._outcome(status, headers, answer)
+
+    def confirm(self, message: Message) -> DeliveryResult | None:
+        """None: a webhook can look a message up only by the id a crash lost, so the engine
+        marks the post unknown, for an operator to check."""
+        return None
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+            logging.getLogger("httpx").removeFilter(self._log_filter)
+
+    @property
+    def _origin(self) -> str:
+        if self.options.base_url:
+            return _origin(self.options.base_url)
+        return _origin(self._webhook.reveal().strip())
+
+    def _card(self, message: Message, link: str | None) -> dict[str, Any] | None:
+        title = message.payload.get("title")
+        if not link or not isinstance(title, str) or not title.strip():
+            return None
+        card: dict[str, Any] = {
+            "title": _cut(discord_text(" ".join(title.split()), None), MAX_EMBED_TITLE),
+            "url": link,
+        }
+        description = message.payload.get("description")
+        if isinstance(description, str) and description.strip():
+            card["description"] = _cut(discord_text(description, None), MAX_EMBED_DESCRIPTION)
+        image = _web_link(message.payload.get("image"))
+        if image:
+            card["image"] = {"url": image}
+        return card
+
+    def _post(self, url: str, document: dict[str, Any]) -> tuple[int, httpx.Headers, bytes]:
+        try:
+            with self.client.stream("POST", url, json=document) as response:
+                return response.status_code, response.headers, self._read(response)
+        except httpx.TimeoutException as exc:
+            raise TransientDeliveryError(
+                f"{self._origin} did not answer within {self.options.timeout:g} s "
+                f"({exc.__class__.__name__}); the post may have gone out"
+            ) from exc
+        except httpx.RequestError as exc:  # refused, reset, a broken answer, a TLS failure
+            raise TransientDeliveryError(
+                self._hide(f"cannot reach {self._origin}: {exc.__class__.__name__}: {exc}")
+            ) from exc
+
+    def _read(self, response: httpx.Response) -> bytes:
+        """The start of the answer. The status is what counts, so an answer that breaks off
+        after it does not turn a sent post into a failed one."""
+        chunks: list[bytes] = []
+        size = 0
+        deadline = time.monotonic() + self.options.timeout
+        try:
+            for chunk in response.iter_bytes():
+                chunks.append(chunk)
+                size += len(chunk)
+                if size >= MAX_ANSWER_BYTES or time.monotonic() > deadline:
+                    break
+        except httpx.HTTPError:
+            pass
+        return b"".join(chunks)[:MAX_ANSWER_BYTES]
+
+    def _outcome(self, status: int, headers: httpx.Headers, answer: bytes) -> DeliveryResult:
+        document = _json_object(answer)
+        if 200 <= status < 300:
+            return _delivered(document)
+        said = self._said(status, document, answer)
+        if status == 429:
+            scope = " (for the whole application)" if document and document.get("global") else ""
+            raise TransientDeliveryError(
+                f"Discord is limiting the webhook{scope}: {said}",
+                retry_after=_rate_limit_wait(document, headers),
+            )
+        if status >= 500:
+            retry_after = parse_retry_after(headers.get("retry-after"), datetime.now(UTC))
+            raise TransientDeliveryError(said, retry_after=retry_after)
+        if status in {401, 403, 404}:
+            raise CredentialsRefusedError(
+                f"{said}: the webhook in {self._webhook.variable} was deleted or its token "
+                "reset; create a webhook and put its URL in the variable"
+            )
+        if 300 <= status < 400:
+            raise PermanentDeliveryError(
+                f"{self._origin} answered HTTP {status}, a redirect (not followed); check the "
+                f"webhook URL in {self._webhook.variable} and base_url"
+            )
+        raise PermanentDeliveryError(said)
+
+    def _said(self, status: int, document: dict[str, Any] | None, answer: bytes) -> str:
+        text = answer.decode("utf-8", errors="replace")
+        if document is not None and isinstance(document.get("message"), str):
+            text = document["message"]
+            if isinstance(document.get("code"), int) and document["code"]:
+                text += f" (code {document['code']})"
+            if document.get("errors"):
+                text += " " + json.dumps(document["errors"], ensure_ascii=False)
+        excerpt = " ".join(self._hide(text).split())[:EXCERPT_CHARS]
+        return f"{self._origin} answered HTTP {status}" + (f": {excerpt}" if excerpt else "")
+
+    def _hide(self, text: str) -> str:
+        """``text`` without the webhook's address or token, should Discord or httpx echo it."""
+        for secret in _secret_parts(self._webhook.reveal()):
+            text = text.replace(secret, _HIDDEN)
+        return text
+
+
+def discord_text(text: str, unfurled: str | None) -> str:
+    """Plain ``text`` as Discord content: markdown, mentions and masked links escaped, links
+    kept as they are; ``unfurled`` (a link) wrapped in ``<...>`` so Discord adds no card."""
+    out: list[str] = []
+    position = 0
+    for found in _URL.finditer(text):
+        out.append(_escape(text[position : found.start()]))
+        link = found.group()
+        out.append(f"<{link}>" if link == unfurled else link)
+        position = found.end()
+    out.append(_escape(text[position:]))
+    return "".join(out)
+
+
+def _escape(text: str) -> str:
+    return _LINE_START.sub(r"\1\\\2", _MARKDOWN.sub(r"\\\1", text))
+
+
+def _cut(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    if cut.endswith("\\"):  # never leave half an escape
+        cut = cut[:-1]
+    return cut.rstrip() + "…"
+
+
+def _delivered(document: dict[str, Any] | None) -> DeliveryResult:
+    """The message Discord answered with (``wait=true``): its id and, when the answer names
+    the server, its jump link."""
+    if document is None:
+        return DeliveryResult()
+    found = document.get("id")
+    if not isinstance(found, str | int) or isinstance(found, bool) or not str(found):
+        return DeliveryResult()
+    guild, channel = document.get("guild_id"), document.get("channel_id")
+    detail = None
+    if (
+        isinstance(guild, str)
+        and guild.isdigit()
+        and isinstance(channel, str)
+        and channel.isdigit()
+    ):
+        detail = f"https://discord.com/channels/{guild}/{channel}/{found}"
+    return DeliveryResult(remote_id=str(found), detail=detail)
+
+
+def _rate_limit_wait(document: dict[str, Any] | None, headers: httpx.Headers) -> float | None:
+    """Seconds Discord asks to wait: the answer's ``retry_after`` (a float), else the
+    ``X-RateLimit-Reset-After`` header, else ``Retry-After`` (a proxy's or Cloudflare's)."""
+    if document is not None:
+        wait = document.get("retry_after")
+        if isinstance(wait, int | float) and not isinstance(wait, bool) and wait >= 0:
+            return float(wait)
+    reset_after = headers.get("x-ratelimit-reset-after")
+    if reset_after is not None:
+        try:
+            wait = float(reset_after)
+        except ValueError:
+            wait = -1.0
+        if 0 <= wait < float("inf"):
+            return wait
+    return parse_retry_after(headers.get("retry-after"), datetime.now(UTC))
+
+
+class _HideInLogs(logging.Filter):
+    """Masks secrets in log records (httpx logs the address of every request)."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self._secrets = secrets
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if any(secret in text for secret in self._secrets):
+            for secret in self._secrets:
+                text = text.replace(secret, _HIDDEN)
+            record.msg = text
+            record.args = ()
+        return True
+
+
+def _secret_parts(webhook: str) -> list[str]:
+    """What of a webhook URL must never show: the whole of it and its path (which holds the
+    token), longest first so the whole is masked before its parts."""
+    value = webhook.strip()
+    parts = [value]
+    try:
+        path = urlsplit(value).path.strip("/")
+    except ValueError:
+        path = ""
+    if path:
+        parts.append(path)
+        token = path.rsplit("/", 1)[-1]
+        if len(token) >= 8:
+            parts.append(token)
+    return [part for part in parts if part]
+
+
+def _web_address_problem(value: str) -> str | None:
+    try:
+        parts = urlsplit(value)
+        _ = parts.port  # raises ValueError for a port out of range
+    except ValueError as exc:
+        return f"not a valid address: {exc}"
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        return "must be an http:// or https:// address with a host"
+    if any(c.isspace() for c in value):
+        return "must not contain spaces"
+    return None
+
+
+def _web_link(value: object) -> str | None:
+    """``value`` if it is an http(s) address to link to, else None."""
+    if not isinstance(value, str) or _web_address_problem(value):
+        return None
+    return value
+
+
+def _origin(url: str) -> str:
+    """scheme://host[:port] of ``url``, without the path that holds the token."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port is not None else ""
+    return f"{parts.scheme}://{host}{port}"
+
+
+def _json_object(answer: bytes) -> dict[str, Any] | None:
+    try:
+        document = json.loads(answer) if answer.strip() else None
+    except ValueError:
+        return None
+    return document if isinstance(document, dict) else None

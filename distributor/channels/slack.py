@@ -1,0 +1,368 @@
+"""The ``slack`` channel: posts to a Slack channel through an incoming webhook.
+
+Each post is one request to the webhook (a Slack app's Incoming Webhooks page)::
+
+    POST <webhook URL>
+    {"text": "<the post, for notifications>",
+     "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": "..."},
+                 "accessory": {"type": "image", "image_url": "...", "alt_text": "..."}}]}
+
+The webhook URL carries its token, so it is a secret: ``webhook_url_env`` names the variable
+that holds it. ``base_url``, when set, replaces its scheme and host (a proxy, a test server).
+
+The rendered post is plain text. Slack reads ``&``, ``<`` and ``>`` as markup (links,
+``<!everyone>``, ``<@user>``), so they are escaped as Slack requires, in the block and the
+notification text alike; in the block the article's link becomes ``<address|title>``. The
+article's image shows as a thumbnail beside the text (``image: thumbnail``), below it
+(``large``) or not at all (``none``).
+
+Slack answers ``ok`` and gives no message id, so a delivery has no remote id.
+
+================================  ===========================================================
+2xx                               sent
+429                               passing, after ``Retry-After``
+5xx, timeout, no connection       passing
+403, 404, 410                     credentials refused: the webhook was revoked (invalid_token,
+                                  no_service) or its channel archived (channel_is_archived)
+400 invalid_blocks with an image  sent again once without the image (Slack could not fetch it)
+400 and anything else             permanent, with Slack's error code
+================================  ===========================================================
+
+``confirm`` returns None: a webhook cannot read the channel, so after a crash the engine
+marks the post unknown for an operator to check.
+
+Errors name Slack by its origin only and never show the webhook's address; httpx's request
+log lines have it masked.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+from pydantic import Field, field_validator
+
+from distributor.channels.base import Channel, ChannelKind, RateLimit
+from distributor.channels.http import parse_retry_after
+from distributor.exceptions import (
+    CredentialsRefusedError,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
+from distributor.models import DeliveryResult, Message, Secret
+from distributor.plugins import PluginOptions
+
+USER_AGENT = "distributor/0.1"
+MAX_BLOCK_TEXT = 3000
+MAX_ALT_TEXT = 2000
+MAX_IMAGE_URL = 3000
+MAX_ANSWER_BYTES = 64 * 1024
+EXCERPT_CHARS = 200
+NO_ID = "Slack gives webhook posts no id"
+_HIDDEN = "**********"
+
+
+class SlackChannel(Channel):
+    """Posts each message to one Slack channel through its incoming webhook."""
+
+    class Options(Channel.Options):
+        webhook_url_env: str = Field(
+            description="The environment variable holding the incoming webhook's URL "
+            "(https://hooks.slack.com/services/...): a secret, since it holds the token."
+        )
+        base_url: str | None = Field(
+            default=None,
+            description="Replaces the scheme and host of the webhook's URL (a path in it goes "
+            "before the webhook's path): a proxy or a test server.",
+        )
+        image: Literal["thumbnail", "large", "none"] = Field(
+            default="thumbnail",
+            description="The article's image: beside the text, below it, or left out.",
+        )
+        timeout: float = Field(
+            default=10.0, gt=0, description="Seconds to wait for Slack before retrying."
+        )
+
+        @field_validator("base_url")
+        @classmethod
+        def _http_address(cls, value: str | None) -> str | None:
+            if value is None:
+                return None
+            reason = _web_address_problem(value)
+            if reason:
+                raise ValueError(reason)
+            if urlsplit(value).query or urlsplit(value).fragment:
+                raise ValueError("must not have a query or a fragment")
+            return value.rstrip("/")
+
+    options: Options
+    kind: ClassVar[ChannelKind] = "post"
+    platform: ClassVar[str] = "slack"
+    max_length: ClassVar[int | None] = MAX_BLOCK_TEXT
+    # Slack: one message a second per incoming webhook, short bursts allowed.
+    limits: ClassVar[RateLimit] = RateLimit(per_second=1)
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        options: PluginOptions,
+        secrets: Mapping[str, Secret],
+        root: Path,
+    ) -> None:
+        super().__init__(name=name, options=options, secrets=secrets, root=root)
+        webhook = secrets.get("webhook_url")
+        if webhook is None:
+            # The configuration loader resolves webhook_url_env; only a caller bypassing it
+            # gets here.
+            raise ValueError(
+                f"channel {name!r}: no webhook URL given for {self.options.webhook_url_env}"
+            )
+        self._webhook = webhook
+        self._client: httpx.Client | None = None
+        self._log_filter = _HideInLogs(_secret_parts(webhook.reveal()))
+
+    @property
+    def client(self) -> httpx.Client:
+        """The channel's HTTP client, made on the first send and kept until ``close``."""
+        if self._client is None:
+            self._client = httpx.Client(
+                headers={"User-Agent": USER_AGENT},
+                timeout=self.options.timeout,
+                follow_redirects=False,
+            )
+            # httpx logs each request's address, which holds the webhook's token.
+            logging.getLogger("httpx").addFilter(self._log_filter)
+        return self._client
+
+    def target(self) -> str:
+        """The address each post goes to: the webhook, with ``base_url`` applied."""
+        value = self._webhook.reveal().strip()
+        if _web_address_problem(value):
+            raise CredentialsRefusedError(
+                f"{self._webhook.variable} does not hold a webhook URL (https://hooks.slack.com/"
+                "services/...); copy it from the Slack app's Incoming Webhooks page"
+            )
+        parts = urlsplit(value)
+        if self.options.base_url:
+            base = urlsplit(self.options.base_url)
+            parts = parts._replace(
+                scheme=base.scheme, netloc=base.netloc, path=base.path + parts.path
+            )
+        return urlunsplit(parts._replace(fragment=""))
+
+    def body(self, message: Message, *, image: bool = True) -> dict[str, Any]:
+        """The JSON document posted for ``message``; ``image=False`` leaves the image out."""
+        link = _web_link(message.payload.get("url"))
+        raw_title = message.payload.get("title")
+        title = " ".join(raw_title.split()) if isinstance(raw_title, str) else ""
+        text = slack_mrkdwn(message.text, link, title)
+        if len(text) > MAX_BLOCK_TEXT:  # the link's title made it too long: show the address
+            text = slack_mrkdwn(message.text, link, "")
+        section: dict[str, Any] = {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+        blocks: list[dict[str, Any]] = [section]
+        picture = _web_link(message.payload.get("image")) if image else None
+        if picture and len(picture) <= MAX_IMAGE_URL and self.options.image != "none":
+            element = {
+                "type": "image",
+                "image_url": picture,
+                "alt_text": (title or "the article's image")[:MAX_ALT_TEXT],
+            }
+            if self.options.image == "thumbnail":
+                section["accessory"] = element
+            else:
+                blocks.append(element)
+        return {"text": slack_escape(message.text), "blocks": blocks}
+
+    def send(self, message: Message) -> DeliveryResult:
+        if not message.text.strip():
+            raise PermanentDeliveryError("the post is empty; Slack takes no empty message")
+        target = self.target()
+        document = self.body(message)
+        length = len(document["blocks"][0]["text"]["text"])
+        if length > MAX_BLOCK_TEXT:
+            raise PermanentDeliveryError(
+                f"the post is {length} characters long once escaped; a Slack section takes at "
+                f"most {MAX_BLOCK_TEXT}"
+            )
+        status, headers, answer = self._post(target, document)
+        if status == 400 and answer.strip() == "invalid_blocks" and _has_image(document):
+            # Slack fetches the image first and refuses the whole post if it cannot; nothing
+            # was posted, so the post goes again without it.
+            status, headers, answer = self._post(target, self.body(message, image=False))
+            if 200 <= status < 300:
+                return DeliveryResult(detail=f"{NO_ID}; sent without the image Slack refused")
+        return self._outcome(status, headers, answer)
+
+    def confirm(self, message: Message) -> DeliveryResult | None:
+        """None: an incoming webhook cannot read its channel, so the engine marks a post whose
+        outcome a crash hid as unknown, for an operator to check."""
+        return None
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+            logging.getLogger("httpx").removeFilter(self._log_filter)
+
+    @property
+    def _origin(self) -> str:
+        if self.options.base_url:
+            return _origin(self.options.base_url)
+        return _origin(self._webhook.reveal().strip())
+
+    def _post(self, url: str, document: dict[str, Any]) -> tuple[int, httpx.Headers, str]:
+        try:
+            with self.client.stream("POST", url, json=document) as response:
+                return response.status_code, response.headers, self._read(response)
+        except httpx.TimeoutException as exc:
+            raise TransientDeliveryError(
+                f"{self._origin} did not answer within {self.options.timeout:g} s "
+                f"({exc.__class__.__name__}); the post may have gone out"
+            ) from exc
+        except httpx.RequestError as exc:  # refused, reset, a broken answer, a TLS failure
+            raise TransientDeliveryError(
+                self._hide(f"cannot reach {self._origin}: {exc.__class__.__name__}: {exc}")
+            ) from exc
+
+    def _read(self, response: httpx.Response) -> str:
+        """The start of the answer. The status is what counts, so an answer that breaks off
+        after it does not turn a sent post into a failed one."""
+        chunks: list[bytes] = []
+        size = 0
+        deadline = time.monotonic() + self.options.timeout
+        try:
+            for chunk in response.iter_bytes():
+                chunks.append(chunk)
+                size += len(chunk)
+                if size >= MAX_ANSWER_BYTES or time.monotonic() > deadline:
+                    break
+        except httpx.HTTPError:
+            pass
+        return b"".join(chunks)[:MAX_ANSWER_BYTES].decode("utf-8", errors="replace")
+
+    def _outcome(self, status: int, headers: httpx.Headers, answer: str) -> DeliveryResult:
+        if 200 <= status < 300:
+            return DeliveryResult(detail=NO_ID)
+        excerpt = " ".join(self._hide(answer).split())[:EXCERPT_CHARS]
+        said = f"{self._origin} answered HTTP {status}" + (f": {excerpt}" if excerpt else "")
+        retry_after = parse_retry_after(headers.get("retry-after"), datetime.now(UTC))
+        if status == 429:
+            raise TransientDeliveryError(
+                f"Slack is limiting the webhook: {said}", retry_after=retry_after
+            )
+        if status >= 500:
+            raise TransientDeliveryError(said, retry_after=retry_after)
+        if status in {403, 404, 410}:
+            raise CredentialsRefusedError(
+                f"{said}: the webhook in {self._webhook.variable} no longer works (revoked, "
+                "removed, or its channel archived); make a new incoming webhook and put its "
+                "URL in the variable"
+            )
+        if 300 <= status < 400:
+            raise PermanentDeliveryError(
+                f"{self._origin} answered HTTP {status}, a redirect (not followed); check the "
+                f"webhook URL in {self._webhook.variable} and base_url"
+            )
+        raise PermanentDeliveryError(said)
+
+    def _hide(self, text: str) -> str:
+        """``text`` without the webhook's address or token, should Slack or httpx echo it."""
+        for secret in _secret_parts(self._webhook.reveal()):
+            text = text.replace(secret, _HIDDEN)
+        return text
+
+
+def slack_escape(text: str) -> str:
+    """``text`` with the three characters Slack reads as markup escaped."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def slack_mrkdwn(text: str, link: str | None, title: str) -> str:
+    """Plain ``text`` as Slack mrkdwn: escaped, with ``link`` (where it stands alone in the
+    text) made ``<link|title>`` (``<link>`` without a title)."""
+    if not link:
+        return slack_escape(text)
+    # "|" and ">" end the address in Slack's link syntax: percent-encode them.
+    address = slack_escape(link.replace("|", "%7C").replace("<", "%3C").replace(">", "%3E"))
+    label = slack_escape(title)
+    anchor = f"<{address}|{label}>" if label else f"<{address}>"
+    # Only the whole link: not the start of a longer address that shares its beginning.
+    parts = re.split(re.escape(link) + r"(?=\s|$)", text)
+    return anchor.join(slack_escape(part) for part in parts)
+
+
+def _has_image(document: dict[str, Any]) -> bool:
+    blocks = document["blocks"]
+    return "accessory" in blocks[0] or len(blocks) > 1
+
+
+class _HideInLogs(logging.Filter):
+    """Masks secrets in log records (httpx logs the address of every request)."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self._secrets = secrets
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if any(secret in text for secret in self._secrets):
+            for secret in self._secrets:
+                text = text.replace(secret, _HIDDEN)
+            record.msg = text
+            record.args = ()
+        return True
+
+
+def _secret_parts(webhook: str) -> list[str]:
+    """What of a webhook URL must never show: the whole of it and its path (which holds the
+    token), longest first so the whole is masked before its parts."""
+    value = webhook.strip()
+    parts = [value]
+    try:
+        path = urlsplit(value).path.strip("/")
+    except ValueError:
+        path = ""
+    if path:
+        parts.append(path)
+        token = path.rsplit("/", 1)[-1]
+        if len(token) >= 8:
+            parts.append(token)
+    return [part for part in parts if part]
+
+
+def _web_address_problem(value: str) -> str | None:
+    try:
+        parts = urlsplit(value)
+        _ = parts.port  # raises ValueError for a port out of range
+    except ValueError as exc:
+        return f"not a valid address: {exc}"
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        return "must be an http:// or https:// address with a host"
+    if any(c.isspace() for c in value):
+        return "must not contain spaces"
+    return None
+
+
+def _web_link(value: object) -> str | None:
+    """``value`` if it is an http(s) address to link to, else None."""
+    if not isinstance(value, str) or _web_address_problem(value):
+        return None
+    return value
+
+
+def _origin(url: str) -> str:
+    """scheme://host[:port] of ``url``, without the path that holds the token."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port is not None else ""
+    return f"{parts.scheme}://{host}{port}"

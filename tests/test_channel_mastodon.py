@@ -1,0 +1,613 @@
+"""The Mastodon channel against a small Mastodon instance on 127.0.0.1, through real httpx."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from distributor.channels.base import RateLimit
+from distributor.channels.mastodon import MastodonChannel, rate_limit_wait
+from distributor.exceptions import (
+    CredentialsRefusedError,
+    DeliveryError,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
+from distributor.models import DeliveryResult, Message, Secret
+
+TOKEN = "mastodon-token-5e1f-not-for-errors"
+VARIABLE = "MASTODON_TOKEN"
+MESSAGE = Message(
+    channel="toots",
+    recipient="toots",
+    key="a1",
+    edition="breaking-alerts@20240501T090000Z",
+    text="BREAKING: Coffee drinkers live longer, study finds https://example.org/a1 #health",
+    article_ids=("a1",),
+    payload={"url": "https://example.org/a1", "title": "Coffee", "description": "", "image": ""},
+)
+INSTANCE = {
+    "domain": "social.example",
+    "configuration": {
+        "statuses": {
+            "max_characters": 1000,
+            "max_media_attachments": 4,
+            "characters_reserved_per_url": 30,
+        }
+    },
+}
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]
+    """Names in lower case."""
+    body: bytes
+
+
+@dataclass
+class Instance:
+    """A Mastodon instance as far as the channel uses one: it checks the bearer token, keeps
+    statuses, and answers a repeated Idempotency-Key with the status the key first made."""
+
+    url: str = ""
+    token: str = TOKEN
+    max_characters: int = 500
+    instance: Reply = field(default_factory=lambda: Reply(200, body=json.dumps(INSTANCE).encode()))
+    script: list[Reply] = field(default_factory=list)
+    """Answers to the next POSTs, before any checking; then the instance answers itself."""
+    hang: str | None = None
+    """``before``: say nothing, keep nothing; ``after``: keep the status, then say nothing."""
+    requests: list[Request] = field(default_factory=list)
+    statuses: list[dict[str, Any]] = field(default_factory=list)
+    by_key: dict[str, dict[str, Any]] = field(default_factory=dict)
+    release: threading.Event = field(default_factory=threading.Event)
+
+    def posts(self) -> list[Request]:
+        return [r for r in self.requests if r.method == "POST"]
+
+
+def handler_for(instance: Instance) -> type[http.server.BaseHTTPRequestHandler]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _record(self, body: bytes) -> None:
+            headers = {name.lower(): value for name, value in self.headers.items()}
+            instance.requests.append(Request(self.command, self.path, headers, body))
+
+        def _answer(self, reply: Reply) -> None:
+            self.send_response(reply.status)
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(reply.body)))
+            self.end_headers()
+            self.wfile.write(reply.body)
+
+        def _json(self, status: int, document: object) -> None:
+            body = json.dumps(document).encode()
+            self._answer(Reply(status, {"Content-Type": "application/json"}, body))
+
+        def do_GET(self) -> None:
+            self._record(b"")
+            if self.path == "/api/v2/instance":
+                self._answer(instance.instance)
+            else:
+                self._json(404, {"error": "Record not found"})
+
+        def do_POST(self) -> None:
+            if instance.hang == "before":
+                self._record(b"")
+                instance.release.wait(5)
+                return
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            self._record(body)
+            if self.path != "/api/v1/statuses":
+                self._json(404, {"error": "Record not found"})
+                return
+            if instance.script:
+                self._answer(instance.script.pop(0))
+                return
+            if self.headers.get("Authorization") != f"Bearer {instance.token}":
+                self._json(401, {"error": "The access token is invalid"})
+                return
+            assert self.headers.get("Content-Type") == "application/json"
+            document = json.loads(body)
+            key = self.headers.get("Idempotency-Key")
+            if key and key in instance.by_key:
+                self._json(200, instance.by_key[key])
+                return
+            text = document.get("status", "")
+            if not text:
+                self._json(422, {"error": "Validation failed: Text can't be blank"})
+                return
+            if len(text) > instance.max_characters:
+                self._json(
+                    422,
+                    {
+                        "error": "Validation failed: Text character limit of "
+                        f"{instance.max_characters} exceeded"
+                    },
+                )
+                return
+            if document.get("visibility") not in {"public", "unlisted", "private", "direct"}:
+                self._json(422, {"error": "Validation failed: Visibility is not included"})
+                return
+            number = str(110000 + len(instance.statuses))
+            status = {
+                "id": number,
+                "uri": f"{instance.url}/users/desk/statuses/{number}",
+                "url": f"{instance.url}/@desk/{number}",
+                "content": f"<p>{text}</p>",
+                "visibility": document["visibility"],
+                "language": document.get("language"),
+            }
+            instance.statuses.append(status)
+            if key:
+                instance.by_key[key] = status
+            if instance.hang == "after":
+                instance.release.wait(5)
+                return
+            self._json(200, status)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    return Handler
+
+
+@pytest.fixture
+def instance() -> Iterator[Instance]:
+    found = Instance()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler_for(found))
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    found.url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        yield found
+    finally:
+        found.release.set()
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def make_channel(base_url: str, *, token: str = TOKEN, **options: object) -> MastodonChannel:
+    values: dict[str, object] = {"base_url": base_url, "access_token_env": VARIABLE, **options}
+    return MastodonChannel(
+        name="toots",
+        options=MastodonChannel.Options.model_validate(values),
+        secrets={"access_token": Secret(token, variable=VARIABLE)},
+        root=Path("."),
+    )
+
+
+@pytest.fixture
+def channel(instance: Instance) -> Iterator[MastodonChannel]:
+    made = make_channel(instance.url)
+    yield made
+    made.close()
+
+
+def send_failing(channel: MastodonChannel, message: Message = MESSAGE) -> DeliveryError:
+    with pytest.raises(DeliveryError) as caught:
+        channel.send(message)
+    return caught.value
+
+
+# --- what arrives ------------------------------------------------------------------------------
+
+
+def test_a_post_becomes_a_status(instance: Instance, channel: MastodonChannel) -> None:
+    assert channel.kind == "post"
+    assert channel.platform == "mastodon"
+
+    result = channel.send(MESSAGE)
+
+    [request] = instance.posts()
+    assert request.path == "/api/v1/statuses"
+    assert request.headers["authorization"] == f"Bearer {TOKEN}"
+    assert request.headers["content-type"] == "application/json"
+    assert request.headers["user-agent"].startswith("distributor/")
+    assert len(request.headers["idempotency-key"]) == 64
+    assert json.loads(request.body) == {"status": MESSAGE.text, "visibility": "public"}
+    [status] = instance.statuses
+    assert result == DeliveryResult(remote_id=status["id"], detail=status["url"])
+    assert result.detail == f"{instance.url}/@desk/110000"
+
+
+def test_visibility_and_language_are_sent(instance: Instance) -> None:
+    channel = make_channel(instance.url, visibility="unlisted", language="de")
+    try:
+        channel.send(MESSAGE)
+    finally:
+        channel.close()
+    assert json.loads(instance.posts()[0].body) == {
+        "status": MESSAGE.text,
+        "visibility": "unlisted",
+        "language": "de",
+    }
+    assert instance.statuses[0]["visibility"] == "unlisted"
+
+
+def test_the_idempotency_key_is_stable_across_a_retry_and_differs_for_another_post(
+    instance: Instance, channel: MastodonChannel
+) -> None:
+    instance.script = [Reply(503)]
+    assert isinstance(send_failing(channel), TransientDeliveryError)
+    first = channel.send(MESSAGE)
+    other = channel.send(replace(MESSAGE, key="a2", text="Another story https://example.org/a2"))
+    later = channel.send(replace(MESSAGE, edition="breaking-alerts@20240502T090000Z"))
+
+    keys = [r.headers["idempotency-key"] for r in instance.posts()]
+    assert keys[0] == keys[1]
+    assert len(set(keys)) == 3
+    assert len(instance.statuses) == 3
+    assert len({first.remote_id, other.remote_id, later.remote_id}) == 3
+
+
+def test_a_duplicate_gets_back_the_status_it_made_once(
+    instance: Instance, channel: MastodonChannel
+) -> None:
+    first = channel.send(MESSAGE)
+    again = channel.send(MESSAGE)
+
+    assert again == first
+    assert len(instance.posts()) == 2
+    assert len(instance.statuses) == 1
+
+
+# --- the instance's limits ---------------------------------------------------------------------
+
+
+def test_the_length_limit_and_link_length_come_from_the_instance_once(
+    instance: Instance, channel: MastodonChannel
+) -> None:
+    assert instance.requests == []  # nothing is read before it is needed
+    assert channel.length_limit == 1000
+    assert channel.url_length == 30
+    assert channel.length_limit == 1000
+    channel.send(MESSAGE)
+
+    gets = [r for r in instance.requests if r.method == "GET"]
+    assert [r.path for r in gets] == ["/api/v2/instance"]
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Reply(200, body=b'{"domain": "social.example"}'),
+        Reply(200, body=b'{"configuration": {"statuses": {"max_characters": "lots"}}}'),
+        Reply(200, body=b'{"configuration": {"statuses": {"max_characters": -5}}}'),
+        Reply(200, body=b"<html>not json</html>"),
+        Reply(200, body=b'["a list"]'),
+        Reply(404, body=b'{"error": "Record not found"}'),
+        Reply(500),
+    ],
+)
+def test_mastodons_defaults_when_the_instance_does_not_say(
+    instance: Instance, channel: MastodonChannel, reply: Reply
+) -> None:
+    instance.instance = reply
+    assert channel.length_limit == 500
+    assert channel.url_length == 23
+
+
+def test_one_limit_given_and_the_other_left_to_its_default(instance: Instance) -> None:
+    document = {"configuration": {"statuses": {"max_characters": 5000}}}
+    instance.instance = Reply(200, body=json.dumps(document).encode())
+    channel = make_channel(instance.url)
+    try:
+        assert (channel.length_limit, channel.url_length) == (5000, 23)
+    finally:
+        channel.close()
+
+
+def test_defaults_when_the_instance_cannot_be_reached() -> None:
+    channel = make_channel(f"http://127.0.0.1:{free_port()}", timeout=0.5)
+    try:
+        assert (channel.length_limit, channel.url_length) == (500, 23)
+    finally:
+        channel.close()
+
+
+def test_the_platform_rate_limit_and_the_operators_narrowing() -> None:
+    assert MastodonChannel.limits == RateLimit(per_hour=100)
+    channel = make_channel("https://social.example", rate_limit={"per_hour": 20})
+    assert channel.rate_limit.per_hour == 20
+    channel = make_channel("https://social.example", rate_limit={"per_hour": 500})
+    assert channel.rate_limit.per_hour == 100
+
+
+# --- what the answer means ---------------------------------------------------------------------
+
+
+def test_a_rate_limit_storm_is_passing_and_says_when_to_come_back(
+    instance: Instance, channel: MastodonChannel
+) -> None:
+    reset = (datetime.now(UTC) + timedelta(seconds=40)).isoformat(timespec="milliseconds")
+    reset = reset.replace("+00:00", "Z")
+    instance.script = [
+        Reply(429, {"X-RateLimit-Reset": reset, "X-RateLimit-Remaining": "0"}) for _ in range(5)
+    ]
+    errors = [send_failing(channel) for _ in range(5)]
+
+    assert len(instance.posts()) == 5  # one request a send: the channel does not retry itself
+    for error in errors:
+        assert isinstance(error, TransientDeliveryError)
+        assert "HTTP 429" in error.reason
+        assert error.retry_after is not None
+        assert 35 <= error.retry_after <= 40
+    assert channel.send(MESSAGE).remote_id == "110000"  # once it is over, the post goes out
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"Retry-After": "7"}, 7.0),
+        ({"Retry-After": "7", "X-RateLimit-Reset": "2999-01-01T00:00:00Z"}, 7.0),
+        ({"X-RateLimit-Reset": "2000-01-01T00:00:00.000Z"}, 0.0),
+        ({"X-RateLimit-Reset": "next tuesday"}, None),
+        ({}, None),
+    ],
+)
+def test_how_long_a_429_asks_to_wait(headers: dict[str, str], expected: float | None) -> None:
+    assert rate_limit_wait(httpx.Headers(headers), datetime.now(UTC)) == expected
+
+
+@pytest.mark.parametrize(
+    ("reply", "retry_after"),
+    [
+        (Reply(503), None),
+        (Reply(503, {"Retry-After": "120"}), 120.0),
+        (Reply(500, body=b"<html>We're sorry, but something went wrong.</html>"), None),
+        (Reply(502), None),
+        (Reply(504), None),
+        (Reply(408), None),
+    ],
+)
+def test_server_errors_are_passing(
+    instance: Instance, channel: MastodonChannel, reply: Reply, retry_after: float | None
+) -> None:
+    instance.script = [reply]
+    error = send_failing(channel)
+    assert isinstance(error, TransientDeliveryError)
+    assert error.retry_after == retry_after
+    assert f"HTTP {reply.status}" in error.reason
+
+
+def test_a_run_of_503s_then_the_post(instance: Instance, channel: MastodonChannel) -> None:
+    instance.script = [Reply(503) for _ in range(3)]
+    for _ in range(3):
+        assert isinstance(send_failing(channel), TransientDeliveryError)
+    channel.send(MESSAGE)
+    assert len(instance.statuses) == 1
+    assert len({r.headers["idempotency-key"] for r in instance.posts()}) == 1
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_refused_credentials_stop_the_channel(
+    instance: Instance, channel: MastodonChannel, status: int
+) -> None:
+    instance.script = [Reply(status, body=b'{"error": "This action is outside the scopes"}')]
+    error = send_failing(channel)
+    assert isinstance(error, CredentialsRefusedError)
+    assert VARIABLE in error.reason
+    assert f"HTTP {status}" in error.reason
+    assert "outside the scopes" in error.reason
+
+
+def test_a_revoked_token_is_refused(instance: Instance, channel: MastodonChannel) -> None:
+    channel.send(MESSAGE)
+    instance.token = "a-new-token"  # the old one was revoked
+    error = send_failing(channel, replace(MESSAGE, key="a2"))
+    assert isinstance(error, CredentialsRefusedError)
+    assert "The access token is invalid" in error.reason
+    assert len(instance.statuses) == 1
+
+
+def test_a_status_the_instance_refuses_is_permanent_with_its_reason(
+    instance: Instance, channel: MastodonChannel
+) -> None:
+    error = send_failing(channel, replace(MESSAGE, text="x" * 501))
+    assert isinstance(error, PermanentDeliveryError)
+    assert not isinstance(error, CredentialsRefusedError)
+    assert "HTTP 422" in error.reason
+    assert "Text character limit of 500 exceeded" in error.reason
+    assert instance.statuses == []
+
+
+@pytest.mark.parametrize(
+    ("reply", "shown"),
+    [
+        (Reply(404, body=b'{"error": "Record not found"}'), "HTTP 404: Record not found"),
+        (Reply(400, body=b"plain words " * 100), "HTTP 400: plain words"),
+        (Reply(302, {"Location": "/elsewhere"}), "redirect"),
+    ],
+)
+def test_other_answers_are_permanent(
+    instance: Instance, channel: MastodonChannel, reply: Reply, shown: str
+) -> None:
+    instance.script = [reply]
+    error = send_failing(channel)
+    assert isinstance(error, PermanentDeliveryError)
+    assert shown in error.reason
+    assert len(error.reason) < 300
+    assert len(instance.posts()) == 1
+
+
+def test_an_answer_without_an_id_is_still_a_post(
+    instance: Instance, channel: MastodonChannel
+) -> None:
+    instance.script = [Reply(200, body=b"{}")]
+    assert channel.send(MESSAGE) == DeliveryResult(remote_id=None)
+
+
+# --- timeouts and what confirm finds ------------------------------------------------------------
+
+
+def test_a_timeout_before_the_instance_got_the_post(instance: Instance) -> None:
+    channel = make_channel(instance.url, timeout=0.3)
+    try:
+        instance.hang = "before"
+        started = time.monotonic()
+        error = send_failing(channel)
+        assert time.monotonic() - started < 3
+        assert isinstance(error, TransientDeliveryError)
+        assert "did not answer within 0.3 s" in error.reason
+        assert instance.statuses == []
+
+        instance.hang = None
+        result = channel.send(MESSAGE)
+    finally:
+        channel.close()
+    assert [s["id"] for s in instance.statuses] == [result.remote_id]
+
+
+def test_a_timeout_after_the_instance_made_the_status_does_not_post_it_twice(
+    instance: Instance,
+) -> None:
+    channel = make_channel(instance.url, timeout=0.3)
+    try:
+        instance.hang = "after"
+        assert isinstance(send_failing(channel), TransientDeliveryError)
+        [made] = instance.statuses
+
+        instance.hang = None
+        retried = channel.send(MESSAGE)
+        confirmed = channel.confirm(MESSAGE)
+    finally:
+        channel.close()
+    assert retried.remote_id == made["id"]
+    assert confirmed == retried
+    assert len(instance.statuses) == 1
+    assert len({r.headers["idempotency-key"] for r in instance.posts()}) == 1
+
+
+def test_confirm_finds_a_delivered_status_by_its_idempotency_key(
+    instance: Instance, channel: MastodonChannel
+) -> None:
+    sent = channel.send(MESSAGE)
+    assert channel.confirm(MESSAGE) == sent
+    assert len(instance.statuses) == 1
+
+
+def test_confirm_without_the_text_cannot_tell(instance: Instance, channel: MastodonChannel) -> None:
+    assert channel.confirm(replace(MESSAGE, text="")) is None
+    assert instance.requests == []
+
+
+def test_confirm_says_why_it_cannot_ask(instance: Instance, channel: MastodonChannel) -> None:
+    instance.script = [Reply(503)]
+    with pytest.raises(TransientDeliveryError):
+        channel.confirm(MESSAGE)
+
+
+def test_a_refused_connection_is_passing() -> None:
+    port = free_port()
+    channel = make_channel(f"http://127.0.0.1:{port}")
+    try:
+        error = send_failing(channel)
+    finally:
+        channel.close()
+    assert isinstance(error, TransientDeliveryError)
+    assert f"127.0.0.1:{port}" in error.reason
+
+
+def test_the_token_is_never_in_an_error_or_a_repr(instance: Instance) -> None:
+    echoed = json.dumps({"error": f"bad token {TOKEN}"}).encode()
+    errors = []
+    for reply in [Reply(400, body=echoed), Reply(401, body=echoed), Reply(500, body=echoed)]:
+        instance.script = [reply]
+        channel = make_channel(instance.url)
+        try:
+            errors.append(send_failing(channel))
+        finally:
+            channel.close()
+    for error in errors:
+        for shown in (str(error), repr(error), error.reason):
+            assert TOKEN not in shown
+    assert "**********" in errors[0].reason
+    channel = make_channel(instance.url)
+    assert TOKEN not in repr(channel.secrets)
+    assert TOKEN not in repr(channel.options)
+
+
+# --- options -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        ({"access_token_env": VARIABLE}, "base_url"),
+        ({"base_url": "https://social.example"}, "access_token_env"),
+        ({"base_url": "https://social.example", "access_token_env": ""}, "at least 1"),
+        ({"base_url": "social.example", "access_token_env": VARIABLE}, "http:// or https://"),
+        ({"base_url": "ftp://social.example", "access_token_env": VARIABLE}, "http:// or"),
+        ({"base_url": "https://s.example:99999", "access_token_env": VARIABLE}, "not a valid"),
+        ({"base_url": "https://s.example?x=1", "access_token_env": VARIABLE}, "query"),
+        (
+            {"base_url": "https://s.example", "access_token_env": VARIABLE, "token": "x"},
+            "Extra inputs",
+        ),
+        (
+            {"base_url": "https://s.example", "access_token_env": VARIABLE, "visibility": "all"},
+            "visibility",
+        ),
+        (
+            {"base_url": "https://s.example", "access_token_env": VARIABLE, "language": "eng"},
+            "language",
+        ),
+        (
+            {"base_url": "https://s.example", "access_token_env": VARIABLE, "timeout": 0},
+            "greater than 0",
+        ),
+    ],
+)
+def test_bad_options_are_refused(values: dict[str, object], complaint: str) -> None:
+    with pytest.raises(ValidationError, match=complaint):
+        MastodonChannel.Options.model_validate(values)
+
+
+def test_the_instance_address_loses_its_trailing_slash() -> None:
+    options = MastodonChannel.Options.model_validate(
+        {"base_url": "https://social.example/", "access_token_env": VARIABLE}
+    )
+    assert options.base_url == "https://social.example"
+
+
+def test_a_channel_without_its_token_is_refused() -> None:
+    options = MastodonChannel.Options.model_validate(
+        {"base_url": "https://social.example", "access_token_env": VARIABLE}
+    )
+    with pytest.raises(ValueError, match=VARIABLE):
+        MastodonChannel(name="toots", options=options, secrets={}, root=Path("."))
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A port nothing listens on (it was free a moment ago)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port

@@ -1,0 +1,646 @@
+"""The telegram channel against a small Bot API server on 127.0.0.1, through the real httpx."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from distributor.channels.base import RateLimit
+from distributor.channels.telegram import TelegramChannel, post_link
+from distributor.exceptions import (
+    CredentialsRefusedError,
+    DeliveryError,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
+from distributor.models import Message, Secret
+
+TOKEN = "123456789:AAHk-Secret_t0ken-not-for-errors"
+VARIABLE = "TELEGRAM_BOT_TOKEN"
+URL = "https://example.org/a1"
+MESSAGE = Message(
+    channel="telegram",
+    recipient="telegram",
+    key="breaking:a1",
+    edition="breaking-alerts@2024-05-01T09:00:00+00:00",
+    text=f"BREAKING: Coffee drinkers live longer, study finds\n\n{URL}\n\n#health",
+    article_ids=("a1",),
+    payload={
+        "url": URL,
+        "title": "Coffee drinkers live longer, study finds",
+        "description": "A cohort of 500,000 people.",
+        "image": "https://example.org/a1.jpg",
+    },
+)
+# Telegram's HTML parse mode knows these tags and no others.
+TELEGRAM_TAGS = {
+    "b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "span", "tg-spoiler", "a",
+    "code", "pre", "blockquote", "tg-emoji",
+}  # fmt: skip
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    hang: bool = False
+    """Read the request, then say nothing until the test ends."""
+
+
+def error(code: int, description: str, **parameters: object) -> Reply:
+    """An answer as the Bot API gives one for a failed call."""
+    document: dict[str, Any] = {"ok": False, "error_code": code, "description": description}
+    if parameters:
+        document["parameters"] = parameters
+    return Reply(status=code, body=json.dumps(document).encode())
+
+
+@dataclass(frozen=True)
+class Request:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class Markup(HTMLParser):
+    """What a Telegram client makes of HTML text: the tags and the text a reader sees."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, list[tuple[str, str | None]]]] = []
+        self.text = ""
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, attrs))
+
+    def handle_data(self, data: str) -> None:
+        self.text += data
+
+
+def read_markup(text: str) -> Markup:
+    parsed = Markup()
+    parsed.feed(text)
+    parsed.close()
+    return parsed
+
+
+@dataclass
+class BotAPI:
+    """The sendMessage method of the Bot API, for one bot that is admin of known chats."""
+
+    url: str = ""
+    token: str = TOKEN
+    chats: dict[str, str | None] = field(
+        default_factory=lambda: {"@medicalnews": "medicalnews", "-1001234567890": None}
+    )
+    """Chat id as sent -> the chat's public username."""
+    script: list[Reply] = field(default_factory=list)
+    """Answers given, in order, before the method runs as usual."""
+    requests: list[Request] = field(default_factory=list)
+    release: threading.Event = field(default_factory=threading.Event)
+    next_id: int = 100
+
+    def answer(self, request: Request) -> Reply:
+        if self.script:
+            return self.script.pop(0)
+        if not request.path.startswith("/bot") or not request.path.endswith("/sendMessage"):
+            return error(404, "Not Found")
+        if request.path != f"/bot{self.token}/sendMessage":
+            return error(401, "Unauthorized")
+        if request.headers.get("content-type") != "application/json":
+            return error(400, "Bad Request: message text is empty")
+        body = request.json
+        chat = str(body.get("chat_id"))
+        if chat not in self.chats:
+            return error(400, "Bad Request: chat not found")
+        if body.get("parse_mode") != "HTML":
+            return error(400, "Bad Request: this server expects HTML")
+        markup = read_markup(body.get("text", ""))
+        for tag, _ in markup.tags:
+            if tag not in TELEGRAM_TAGS:
+                return error(
+                    400, f'Bad Request: can\'t parse entities: Unsupported start tag "{tag}"'
+                )
+        if not markup.text.strip():
+            return error(400, "Bad Request: message text is empty")
+        if len(markup.text.encode("utf-16-le")) // 2 > 4096:
+            return error(400, "Bad Request: message is too long")
+        self.next_id += 1
+        username = self.chats[chat]
+        result = {
+            "message_id": self.next_id,
+            "chat": {"id": -1001234567890, "type": "channel"}
+            | ({"username": username} if username else {}),
+            "date": int(time.time()),
+            "text": markup.text,
+        }
+        return Reply(body=json.dumps({"ok": True, "result": result}).encode())
+
+
+def handler_for(api: BotAPI) -> type[http.server.BaseHTTPRequestHandler]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            headers = {name.lower(): value for name, value in self.headers.items()}
+            request = Request(path=self.path, headers=headers, body=body)
+            api.requests.append(request)
+            reply = api.answer(request)
+            if reply.hang:
+                api.release.wait(5)
+                return
+            self.send_response(reply.status)
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply.body)))
+            self.end_headers()
+            self.wfile.write(reply.body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    return Handler
+
+
+@pytest.fixture
+def api() -> Iterator[BotAPI]:
+    found = BotAPI()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler_for(found))
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    found.url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        yield found
+    finally:
+        found.release.set()
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def make_channel(base_url: str, *, token: str = TOKEN, **options: object) -> TelegramChannel:
+    values: dict[str, object] = {
+        "bot_token_env": VARIABLE,
+        "chat_id": "@medicalnews",
+        "base_url": base_url,
+        **options,
+    }
+    return TelegramChannel(
+        name="telegram",
+        options=TelegramChannel.Options.model_validate(values),
+        secrets={"bot_token": Secret(token, variable=VARIABLE)},
+        root=Path("."),
+    )
+
+
+@pytest.fixture
+def channel(api: BotAPI) -> Iterator[TelegramChannel]:
+    made = make_channel(api.url)
+    yield made
+    made.close()
+
+
+def send_failing(channel: TelegramChannel, message: Message = MESSAGE) -> DeliveryError:
+    with pytest.raises(DeliveryError) as caught:
+        channel.send(message)
+    return caught.value
+
+
+# --- what arrives ------------------------------------------------------------------------------
+
+
+def test_the_post_arrives_as_the_bot_api_expects(api: BotAPI, channel: TelegramChannel) -> None:
+    result = channel.send(MESSAGE)
+
+    [request] = api.requests
+    assert request.path == f"/bot{TOKEN}/sendMessage"
+    assert request.headers["content-type"] == "application/json"
+    assert request.headers["user-agent"].startswith("distributor/")
+    assert request.json == {
+        "chat_id": "@medicalnews",
+        "text": "BREAKING: Coffee drinkers live longer, study finds\n\n"
+        f'<a href="{URL}">{URL}</a>\n\n#health',
+        "parse_mode": "HTML",
+        "disable_notification": False,
+        "link_preview_options": {"url": URL},
+    }
+    assert result.remote_id == "101"
+    assert result.detail == "https://t.me/medicalnews/101"
+    assert read_markup(request.json["text"]).text == MESSAGE.text
+
+
+def test_what_the_channel_declares(channel: TelegramChannel) -> None:
+    assert channel.kind == "post"
+    assert channel.platform == "telegram"
+    assert channel.length_limit == 4096
+    assert channel.rate_limit == RateLimit(per_second=1, per_minute=20)
+    assert channel.confirm(MESSAGE) is None
+
+
+def test_options_for_silence_and_no_preview(api: BotAPI) -> None:
+    channel = make_channel(api.url, disable_web_page_preview=True, disable_notification=True)
+    try:
+        channel.send(MESSAGE)
+    finally:
+        channel.close()
+    body = api.requests[0].json
+    assert body["link_preview_options"] == {"is_disabled": True}
+    assert body["disable_notification"] is True
+
+
+@pytest.mark.parametrize(
+    ("chat_id", "username", "detail"),
+    [
+        ("@medicalnews", "medicalnews", "https://t.me/medicalnews/101"),
+        (-1001234567890, None, "https://t.me/c/1234567890/101"),
+        ("-1001234567890", "medicalnews", "https://t.me/medicalnews/101"),
+        (4242, None, None),
+    ],
+)
+def test_the_detail_links_to_the_post(
+    api: BotAPI, chat_id: int | str, username: str | None, detail: str | None
+) -> None:
+    api.chats = {str(chat_id): username}
+    channel = make_channel(api.url, chat_id=chat_id)
+    try:
+        result = channel.send(MESSAGE)
+    finally:
+        channel.close()
+    assert api.requests[0].json["chat_id"] == chat_id
+    assert result.remote_id == "101"
+    assert result.detail == detail
+
+
+@pytest.mark.parametrize(
+    ("chat_id", "username", "detail"),
+    [
+        ("@medicalnews", None, "https://t.me/medicalnews/7"),
+        ("-1009", None, "https://t.me/c/9/7"),
+        ("-1009", "other", "https://t.me/other/7"),
+        ("-42", None, None),
+        ("-100", None, None),
+    ],
+)
+def test_post_link(chat_id: str, username: str | None, detail: str | None) -> None:
+    assert post_link(chat_id, 7, username) == detail
+
+
+# --- hostile and missing input -----------------------------------------------------------------
+
+HOSTILE_TITLE = (
+    'Cure <b>found</b></a><a href="https://evil.example">click</a> <script>alert(1)</script> '
+    "Tom &amp; Jerry & \"quoted\" 'single'"
+)
+
+
+def test_html_in_a_title_arrives_as_text_never_as_markup(
+    api: BotAPI, channel: TelegramChannel
+) -> None:
+    link = 'https://example.org/a1?ref=tg&x="><script>alert(2)</script>'
+    message = replace(
+        MESSAGE,
+        text=f"BREAKING: {HOSTILE_TITLE}\n\n{link}\n\n#health",
+        payload={**MESSAGE.payload, "url": link, "title": HOSTILE_TITLE},
+    )
+
+    channel.send(message)  # the server refuses any tag Telegram does not know
+
+    text = api.requests[0].json["text"]
+    markup = read_markup(text)
+    assert markup.tags == [("a", [("href", link)])]  # the article's link, and nothing else
+    assert markup.text == message.text  # what a reader sees is the title as typed
+    assert "<b>" not in text
+    assert "<script>" not in text
+    assert "&lt;b&gt;found&lt;/b&gt;&lt;/a&gt;&lt;a href=" in text
+    assert "Tom &amp;amp; Jerry &amp; " in text
+
+
+def test_a_link_that_only_starts_like_the_article_link_is_not_wrapped(
+    api: BotAPI, channel: TelegramChannel
+) -> None:
+    message = replace(MESSAGE, text=f"See {URL}0 and {URL}")
+    channel.send(message)
+    markup = read_markup(api.requests[0].json["text"])
+    assert markup.tags == [("a", [("href", URL)])]
+    assert markup.text == message.text
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"url": URL, "title": "Coffee", "description": "", "image": ""},
+        {"url": URL},
+        {},
+        {"url": "javascript:alert(1)", "title": "Coffee"},
+    ],
+)
+def test_an_article_without_image_or_usable_link_is_posted(
+    api: BotAPI, channel: TelegramChannel, payload: dict[str, str]
+) -> None:
+    message = replace(MESSAGE, text="Coffee <i> javascript:alert(1)", payload=payload)
+    result = channel.send(message)
+    assert result.remote_id == "101"
+    body = api.requests[0].json
+    markup = read_markup(body["text"])
+    assert markup.tags == []
+    assert markup.text == message.text
+    if payload.get("url") == URL:
+        assert body["link_preview_options"] == {"url": URL}
+    else:
+        assert "link_preview_options" not in body
+
+
+def test_emoji_count_twice_as_telegram_counts_them(api: BotAPI, channel: TelegramChannel) -> None:
+    fits = replace(MESSAGE, text="\N{HOT BEVERAGE}" * 4096, payload={})  # one UTF-16 unit each
+    channel.send(fits)
+    too_long = replace(MESSAGE, text="\N{GRINNING FACE}" * 2049, payload={})  # two units each
+    error = send_failing(channel, too_long)
+    assert isinstance(error, PermanentDeliveryError)
+    assert "4098 characters" in error.reason
+    assert len(api.requests) == 1  # the long one was never sent
+
+
+def test_an_empty_post_is_refused_before_sending(api: BotAPI, channel: TelegramChannel) -> None:
+    error = send_failing(channel, replace(MESSAGE, text=" \n"))
+    assert isinstance(error, PermanentDeliveryError)
+    assert "empty" in error.reason
+    assert api.requests == []
+
+
+# --- what the answer means ---------------------------------------------------------------------
+
+
+def test_a_429_storm_passes_each_wait_on(api: BotAPI, channel: TelegramChannel) -> None:
+    api.script = [
+        error(429, "Too Many Requests: retry after 35", retry_after=35),
+        error(429, "Too Many Requests: retry after 3", retry_after=3),
+        Reply(status=429, headers={"Retry-After": "8"}, body=b"slow down"),
+        error(429, "Too Many Requests"),
+    ]
+    errors = [send_failing(channel) for _ in range(4)]
+    assert all(isinstance(e, TransientDeliveryError) for e in errors)
+    assert [e.retry_after for e in errors] == [35.0, 3.0, 8.0, None]
+    assert "HTTP 429: Too Many Requests: retry after 35" in errors[0].reason
+    assert channel.send(MESSAGE).remote_id == "101"  # the storm is over
+    assert len(api.requests) == 5
+
+
+@pytest.mark.parametrize(
+    ("reply", "retry_after"),
+    [
+        (error(500, "Internal Server Error"), None),
+        (Reply(status=502, body=b"<html><body>502 Bad Gateway</body></html>"), None),
+        (Reply(status=503, headers={"Retry-After": "30"}), 30.0),
+        (error(504, "Gateway Timeout"), None),
+    ],
+)
+def test_server_errors_are_passing(
+    api: BotAPI, channel: TelegramChannel, reply: Reply, retry_after: float | None
+) -> None:
+    api.script = [reply]
+    error_ = send_failing(channel)
+    assert isinstance(error_, TransientDeliveryError)
+    assert error_.retry_after == retry_after
+    assert f"HTTP {reply.status}" in error_.reason
+
+
+def test_a_timeout_after_the_server_received_the_post_is_passing(api: BotAPI) -> None:
+    api.script = [Reply(hang=True)]
+    channel = make_channel(api.url, timeout=0.2)
+    started = time.monotonic()
+    try:
+        error_ = send_failing(channel)
+    finally:
+        channel.close()
+    assert isinstance(error_, TransientDeliveryError)
+    assert "did not answer within 0.2 s" in error_.reason
+    assert "may have gone out" in error_.reason
+    assert len(api.requests) == 1  # it did arrive
+    assert time.monotonic() - started < 2
+
+
+def test_a_timeout_before_the_server_read_the_post_is_passing() -> None:
+    with socket.socket() as deaf:  # takes connections, never reads them
+        deaf.bind(("127.0.0.1", 0))
+        deaf.listen(1)
+        channel = make_channel(f"http://127.0.0.1:{deaf.getsockname()[1]}", timeout=0.2)
+        try:
+            error_ = send_failing(channel)
+        finally:
+            channel.close()
+    assert isinstance(error_, TransientDeliveryError)
+    assert "did not answer within 0.2 s" in error_.reason
+
+
+def test_a_refused_connection_is_passing() -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    channel = make_channel(f"http://127.0.0.1:{port}")
+    try:
+        error_ = send_failing(channel)
+    finally:
+        channel.close()
+    assert isinstance(error_, TransientDeliveryError)
+    assert f"cannot reach http://127.0.0.1:{port}" in error_.reason
+
+
+def test_a_revoked_token_is_refused_credentials(api: BotAPI, channel: TelegramChannel) -> None:
+    api.token = "123456789:AAHk-the-new-token"  # revoked at @BotFather
+    error_ = send_failing(channel)
+    assert isinstance(error_, CredentialsRefusedError)
+    assert "HTTP 401: Unauthorized" in error_.reason
+    assert VARIABLE in error_.reason
+
+
+def test_a_kicked_bot_is_refused_credentials(api: BotAPI, channel: TelegramChannel) -> None:
+    api.script = [error(403, "Forbidden: bot was kicked from the channel chat")]
+    error_ = send_failing(channel)
+    assert isinstance(error_, CredentialsRefusedError)
+    assert "bot was kicked" in error_.reason
+    assert "administrator" in error_.reason
+
+
+def test_a_base_url_that_is_not_the_bot_api_is_refused_credentials(api: BotAPI) -> None:
+    channel = make_channel(api.url + "/not-telegram")
+    try:
+        error_ = send_failing(channel)
+    finally:
+        channel.close()
+    assert isinstance(error_, CredentialsRefusedError)
+    assert "HTTP 404" in error_.reason
+
+
+def test_a_malformed_token_is_refused_before_sending(api: BotAPI) -> None:
+    channel = make_channel(api.url, token="123:abc/../../evil?x=1")
+    try:
+        error_ = send_failing(channel)
+    finally:
+        channel.close()
+    assert isinstance(error_, CredentialsRefusedError)
+    assert VARIABLE in error_.reason
+    assert "abc" not in error_.reason
+    assert api.requests == []
+
+
+def test_an_unknown_chat_is_permanent_with_the_description(api: BotAPI) -> None:
+    channel = make_channel(api.url, chat_id="@nosuchchannel")
+    try:
+        error_ = send_failing(channel)
+    finally:
+        channel.close()
+    assert type(error_) is PermanentDeliveryError
+    assert error_.reason.endswith("answered HTTP 400: Bad Request: chat not found")
+
+
+def test_a_group_that_moved_says_where(api: BotAPI, channel: TelegramChannel) -> None:
+    api.script = [
+        error(
+            400,
+            "Bad Request: group chat was upgraded to a supergroup chat",
+            migrate_to_chat_id=-1009999,
+        )
+    ]
+    error_ = send_failing(channel)
+    assert type(error_) is PermanentDeliveryError
+    assert "set chat_id to -1009999" in error_.reason
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Reply(status=200, body=b"<html>Welcome to nginx</html>"),
+        Reply(status=200, body=b'{"ok": "maybe"}'),
+    ],
+)
+def test_an_answer_that_is_not_the_bot_apis_is_permanent(
+    api: BotAPI, channel: TelegramChannel, reply: Reply
+) -> None:
+    api.script = [reply]
+    error_ = send_failing(channel)
+    assert type(error_) is PermanentDeliveryError
+    assert "base_url" in error_.reason
+
+
+def test_a_redirect_is_not_followed(api: BotAPI, channel: TelegramChannel) -> None:
+    api.script = [Reply(status=302, headers={"Location": "/elsewhere"})]
+    error_ = send_failing(channel)
+    assert type(error_) is PermanentDeliveryError
+    assert "HTTP 302" in error_.reason
+    assert len(api.requests) == 1
+
+
+# --- the token stays secret --------------------------------------------------------------------
+
+
+def test_the_token_is_never_in_an_error(api: BotAPI) -> None:
+    echoed = f"Bad Request: what is /bot{TOKEN}/sendMessage?"
+    errors = []
+    for reply in [
+        error(400, echoed),
+        error(401, echoed),
+        error(403, echoed),
+        error(429, echoed, retry_after=1),
+        Reply(status=500, body=echoed.encode()),
+        Reply(status=302, headers={"Location": f"/bot{TOKEN}/x"}),
+        Reply(status=200, body=echoed.encode()),
+        Reply(hang=True),
+    ]:
+        api.script = [reply]
+        channel = make_channel(api.url, timeout=0.2)
+        try:
+            errors.append(send_failing(channel))
+        finally:
+            channel.close()
+    closed = make_channel("http://127.0.0.1:9", timeout=0.2)
+    try:
+        errors.append(send_failing(closed))
+    finally:
+        closed.close()
+    for error_ in errors:
+        for shown in (str(error_), repr(error_), error_.reason):
+            assert TOKEN not in shown
+            assert TOKEN.split(":")[1] not in shown
+    assert "/bot**********/sendMessage" in errors[0].reason  # hidden, the rest kept
+
+
+def test_the_token_is_masked_in_httpx_log_lines(
+    api: BotAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="httpx")
+    filters = list(logging.getLogger("httpx").filters)
+    channel = make_channel(api.url)
+    try:
+        channel.send(MESSAGE)
+    finally:
+        channel.close()
+    assert "/bot**********/sendMessage" in caplog.text
+    assert TOKEN not in caplog.text
+    assert logging.getLogger("httpx").filters == filters  # removed on close
+
+
+def test_the_token_is_not_in_the_channels_repr(channel: TelegramChannel) -> None:
+    assert TOKEN not in repr(channel.secrets)
+    assert TOKEN not in repr(channel.options)
+
+
+# --- options -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        ({"chat_id": "@medicalnews"}, "bot_token_env"),
+        ({"bot_token_env": VARIABLE}, "chat_id"),
+        ({"bot_token_env": VARIABLE, "chat_id": "medicalnews"}, "@channelname"),
+        ({"bot_token_env": VARIABLE, "chat_id": "@abc"}, "@channelname"),
+        ({"bot_token_env": VARIABLE, "chat_id": "@x", "bot_token": "inline"}, "Extra inputs"),
+        (
+            {"bot_token_env": VARIABLE, "chat_id": "@medicalnews", "base_url": "ftp://x.org"},
+            "http:// or https://",
+        ),
+        (
+            {"bot_token_env": VARIABLE, "chat_id": "@medicalnews", "base_url": "http://x.org?a"},
+            "query",
+        ),
+        ({"bot_token_env": VARIABLE, "chat_id": "@medicalnews", "timeout": 0}, "greater than 0"),
+    ],
+)
+def test_bad_options_are_refused(values: dict[str, object], complaint: str) -> None:
+    with pytest.raises(ValidationError, match=complaint):
+        TelegramChannel.Options.model_validate(values)
+
+
+def test_options_defaults() -> None:
+    options = TelegramChannel.Options.model_validate(
+        {"bot_token_env": VARIABLE, "chat_id": -1001234567890}
+    )
+    assert options.base_url == "https://api.telegram.org"
+    assert options.disable_web_page_preview is False
+    assert options.disable_notification is False
+    assert options.chat_id == -1001234567890
+
+
+def test_a_missing_token_is_a_clear_error() -> None:
+    options = TelegramChannel.Options.model_validate(
+        {"bot_token_env": VARIABLE, "chat_id": "@medicalnews"}
+    )
+    with pytest.raises(ValueError, match=VARIABLE):
+        TelegramChannel(name="telegram", options=options, secrets={}, root=Path("."))
