@@ -280,6 +280,12 @@ def preview(state: State, schedule_name: str, out: str | None) -> None:
         click.echo(f"{section.title}: {len(section.articles)} article(s)")
         for article in section.articles:
             click.echo(f"  - {article.title}")
+    for posts_file in sorted(path.parent.glob("posts-*.json")):
+        channel = posts_file.stem.removeprefix("posts-")
+        for post in json.loads(posts_file.read_text(encoding="utf-8")):
+            limit = post["limit"] if post["limit"] is not None else "no limit"
+            first_line = post["text"].splitlines()[0] if post["text"] else ""
+            click.echo(f"{channel} post, {post['length']}/{limit}: {first_line}")
     if edition.skip_reason:
         click.echo(f"note: this edition would be skipped: {edition.skip_reason}")
     click.echo(f"preview: {path}")

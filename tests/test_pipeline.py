@@ -298,3 +298,19 @@ channels:
   x: {type: file, path: var/outbox/x, writes: post, platform: x}
   mastodon: {type: file, path: var/outbox/mastodon, writes: post, platform: mastodon}
 """
+
+
+def test_preview_prints_each_post_with_its_counted_length_and_the_limit(
+    subscribed: Path, env: dict[str, str]
+) -> None:
+    assert invoke(subscribed, env, "ingest").exit_code == 0
+    result = invoke(subscribed, env, "preview", "breaking-alerts")
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if " post, " in line]
+    x_posts = [line for line in lines if line.startswith("x post, ")]
+    assert x_posts and len(lines) == 2 * len(x_posts)  # the x and mastodon stand-ins
+    for line in x_posts:
+        counted, limit = line.removeprefix("x post, ").split(":", 1)[0].split("/")
+        assert limit == "280" and 0 < int(counted) <= 280
+    mastodon = [line for line in lines if line.startswith("mastodon post, ")]
+    assert all("/500: " in line for line in mastodon)

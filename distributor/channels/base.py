@@ -22,6 +22,7 @@ from pydantic import Field, PositiveFloat, PositiveInt
 
 from distributor.models import DeliveryResult, Message, Secret
 from distributor.plugins import Plugin, PluginOptions
+from distributor.rendering import length
 
 ChannelKind = Literal["email", "post"]
 
@@ -101,6 +102,16 @@ class Channel(Plugin, abc.ABC):
     @property
     def length_limit(self) -> int | None:
         return self.max_length
+
+    @property
+    def url_length(self) -> int:
+        """What a link counts in a post's length (X and Mastodon: 23; an instance may say
+        otherwise)."""
+        return length.URL_LENGTH
+
+    def count_length(self, text: str) -> int:
+        """The length of a post as this channel's platform counts it."""
+        return length.count(self.platform_name, text, url_length=self.url_length)
 
     @property
     def rate_limit(self) -> RateLimit:

@@ -21,7 +21,6 @@ from distributor.exceptions import PermanentDeliveryError, TransientDeliveryErro
 from distributor.models import DeliveryResult, Message
 from distributor.plugins import PluginOptions
 from distributor.rendering.email import to_mime
-from distributor.rendering.posts import counted_length
 
 PLATFORM_LIMITS: dict[str, int | None] = {
     "x": 280,
@@ -29,7 +28,7 @@ PLATFORM_LIMITS: dict[str, int | None] = {
     "bluesky": 300,
     "telegram": 4096,
     "discord": 2000,
-    "slack": 40000,
+    "slack": 3000,  # the text of one section block
     "webhook": None,
 }
 
@@ -98,7 +97,7 @@ class FileChannel(Channel):
                 "platform": self.options.platform,
                 "edition": message.edition,
                 "text": message.text,
-                "length": counted_length(message.text),
+                "length": self.count_length(message.text),
                 "max_length": self.length_limit,
                 "article_ids": list(message.article_ids),
                 **dict(message.payload),

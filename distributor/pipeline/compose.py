@@ -27,7 +27,7 @@ from distributor.models import (
 from distributor.rendering import environment
 from distributor.rendering.context import preview_index, template_context
 from distributor.rendering.email import RenderedDigest, message_id, render_digest
-from distributor.rendering.posts import counted_length, render_post
+from distributor.rendering.posts import render_post
 from distributor.tokens import sign
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,7 @@ class Composer:
                 platform,
                 post_context,
                 max_length=channel.length_limit,
+                url_length=channel.url_length,
             )
             posts.append(
                 Message(
@@ -210,7 +211,7 @@ class Composer:
                     {
                         "key": post.key,
                         "text": post.text,
-                        "length": counted_length(post.text),
+                        "length": channel.count_length(post.text),
                         "limit": channel.length_limit,
                     }
                     for post in posts
