@@ -165,7 +165,7 @@ def test_the_link_length_is_the_instances() -> None:
         ("bluesky", 300),
         ("telegram", 4096),
         ("discord", 2000),
-        ("slack", 40000),
+        ("slack", 3000),
         ("webhook", None),
     ],
 )
@@ -265,6 +265,7 @@ def post(title: str, hashtags: list[str] | None = None) -> dict[str, object]:
         "link": POST_LINK,
         "hashtags": hashtags or [],
         "study": None,
+        "summary": None,
     }
     return {"article": article, "articles": [article]}
 
@@ -307,3 +308,45 @@ def test_telegram_posts_are_plain_text_so_markup_in_a_title_counts() -> None:
     assert 100 <= shown <= 120
     # read as Telegram HTML the same text would seem shorter, and the post would run past 120
     assert count("telegram", text) <= shown - 10
+
+
+# --- the built-in template of each platform ----------------------------------------------------
+
+
+@pytest.mark.parametrize("platform", ["x", "mastodon", "bluesky", "telegram", "discord", "slack"])
+def test_each_platforms_template_keeps_the_link_and_fits(platform: str) -> None:
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    from distributor.models import Article, Study
+    from distributor.rendering.context import article_view
+
+    article = Article(
+        id="a1",
+        url="https://news.example/heart/walking",
+        title="BREAKING-free title: walking 👨‍👩‍👧 30 minutes a day & the heart " * 40,
+        source="feed",
+        breaking=True,
+        summary="A lead " * 200,
+        topics=("Heart", "COVID-19", "Eye Health"),
+        study=Study(journal="Heart Letters", url="https://doi.example/1"),
+        published=datetime(2026, 11, 20, tzinfo=UTC),
+    )
+    view = article_view(
+        article,
+        zone=ZoneInfo("UTC"),
+        campaign="breaking",
+        source=platform,
+        medium="social",
+        hashtags={"COVID-19": "COVID19", "Eye Health": None},
+    )
+    most = limit(platform)
+    text = render_post(
+        environment(None), "post", platform, {"article": view, "articles": [view]}, max_length=most
+    )
+    assert most is not None and count(platform, text) <= most
+    assert view["link"] in text and "utm_source=" + platform in view["link"]
+    assert "BREAKING: " in text and "…" in text
+    if platform in {"x", "mastodon", "bluesky", "telegram"}:
+        assert "#Heart" in text and "#COVID19" in text  # mapped
+    assert "#EyeHealth" not in text  # left out by the map

@@ -101,6 +101,11 @@ class SiteSettings(_Model):
     email_from: str = Field(
         default="newsletter@example.org", description="The From address of digests."
     )
+    hashtags: dict[str, str | None] = Field(
+        default_factory=dict,
+        description="Topic -> hashtag in posts (COVID-19: COVID19); null leaves a topic out. "
+        "A topic not listed becomes its words run together (Eye Health -> #EyeHealth).",
+    )
 
 
 class PluginConfig(BaseModel):

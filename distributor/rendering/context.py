@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from html import escape
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -19,7 +20,14 @@ def template_context(
     zone = ZoneInfo(schedule.trigger.timezone)
 
     def view(article: Article) -> dict[str, Any]:
-        return article_view(article, zone=zone, campaign=schedule.key, source=source, medium=medium)
+        return article_view(
+            article,
+            zone=zone,
+            campaign=schedule.key,
+            source=source,
+            medium=medium,
+            hashtags=site.hashtags,
+        )
 
     local = edition.fire_time.astimezone(zone)
     return {
@@ -53,8 +61,30 @@ def hashtag(topic: str) -> str:
     return "#" + "".join(w if w.isupper() or w[0].isupper() else w.capitalize() for w in words)
 
 
+def hashtags_of(topics: list[str] | tuple[str, ...], names: Mapping[str, str | None]) -> list[str]:
+    """The hashtags of ``topics``: as ``names`` (``site.hashtags``) says, else made from the
+    topic; a topic named None there has none. Each once, in the topics' order."""
+    wanted = {key.casefold(): value for key, value in names.items()}
+    out: list[str] = []
+    for topic in topics:
+        if topic.casefold() in wanted:
+            chosen = wanted[topic.casefold()]
+            tag = None if chosen is None else "#" + chosen.lstrip("#")
+        else:
+            tag = hashtag(topic) if _NOT_WORD.sub("", topic) else None
+        if tag and len(tag) > 1 and tag not in out:
+            out.append(tag)
+    return out
+
+
 def article_view(
-    article: Article, *, zone: ZoneInfo, campaign: str, source: str, medium: str
+    article: Article,
+    *,
+    zone: ZoneInfo,
+    campaign: str,
+    source: str,
+    medium: str,
+    hashtags: Mapping[str, str | None] | None = None,
 ) -> dict[str, Any]:
     """What templates see of an article: plain values, links with UTM parameters."""
     published = article.published.astimezone(zone) if article.published else None
@@ -71,7 +101,7 @@ def article_view(
         "summary": article.summary,
         "image": article.image,
         "topics": list(article.topics),
-        "hashtags": [hashtag(t) for t in article.topics if _NOT_WORD.sub("", t)],
+        "hashtags": hashtags_of(article.topics, hashtags or {}),
         "study": {"journal": article.study.journal, "url": article.study.url}
         if article.study
         else None,

@@ -12,7 +12,7 @@ bluesky     300      grapheme clusters, links in full; the record also takes at 
 telegram    4096     UTF-16 code units of the visible text: posts go out in HTML parse mode,
                      so tags are not counted and an entity (``&amp;``) is the one character
 discord     2000     code points (Discord's API counts with Python's ``len``)
-slack       40000    code points; the text of a section block takes 3,000
+slack       3000     code points: the text of the one section block that a post goes in
 ==========  =======  ========================================================================
 
 Other platforms (``webhook``) have no limit and count code points.
@@ -34,7 +34,9 @@ LIMITS: Final[dict[str, int]] = {
     "bluesky": 300,
     "telegram": 4096,
     "discord": 2000,
-    "slack": 40000,
+    # A message's text may be 40,000 characters, but the post goes in one section block,
+    # whose text is 3,000 at most.
+    "slack": 3000,
 }
 SLACK_BLOCK_TEXT_LIMIT: Final = 3000
 BLUESKY_MAX_BYTES: Final = 3000
