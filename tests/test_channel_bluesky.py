@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import http.server
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -37,6 +34,17 @@ from distributor.exceptions import (
     TransientDeliveryError,
 )
 from distributor.models import DeliveryResult, Message, Secret
+from tests import helpers_http
+from tests.helpers_http import (
+    Reply,
+    Request,
+    Server,
+    build_channel,
+    error_texts,
+    free_port,
+    json_reply,
+    serve,
+)
 
 HANDLE = "news.example.org"
 DID = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"
@@ -60,46 +68,21 @@ MESSAGE = Message(
 )
 
 
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytes = b""
-    length: bool = True
-    """Send Content-Length (else the body ends when the connection closes)."""
-    hang: bool = False
-
-
 def xrpc_error(status: int, error: str, message: str = "", **headers: str) -> Reply:
     body = json.dumps({"error": error, "message": message}).encode()
     named = {name.replace("_", "-"): value for name, value in headers.items()}
     return Reply(status, {"Content-Type": "application/json", **named}, body)
 
 
-@dataclass(frozen=True)
-class Request:
-    method: str
-    path: str
-    """Without the query."""
-    query: dict[str, list[str]]
-    headers: dict[str, str]
-    """Names in lower case."""
-    body: bytes
-
-    @property
-    def nsid(self) -> str:
-        return self.path.removeprefix("/xrpc/")
-
-    def json(self) -> Any:
-        return json.loads(self.body)
+def nsid(request: Request) -> str:
+    return request.route.removeprefix("/xrpc/")
 
 
 @dataclass
-class PDS:
+class PDS(Server):
     """A personal data server as far as the channel uses one: sessions with expiring tokens,
     blobs, post records; and a web server for the articles' images."""
 
-    url: str = ""
     password: str = PASSWORD
     access: str = ""
     refresh: str = ""
@@ -115,11 +98,9 @@ class PDS:
     """Answers to the next calls of an endpoint (by NSID), before any checking."""
     hang: str | None = None
     """createRecord: ``before``: say nothing, keep nothing; ``after``: keep it, say nothing."""
-    requests: list[Request] = field(default_factory=list)
-    release: threading.Event = field(default_factory=threading.Event)
 
-    def calls(self, nsid: str) -> list[Request]:
-        return [r for r in self.requests if r.nsid == nsid]
+    def calls(self, called: str) -> list[Request]:
+        return [r for r in self.requests if nsid(r) == called]
 
     def issue(self) -> dict[str, str]:
         self.issued += 1
@@ -136,155 +117,85 @@ class PDS:
     def posted(self) -> list[dict[str, Any]]:
         return [r["value"] for r in self.records]
 
+    def unread(self, method: str, path: str) -> bool:
+        return method == "POST" and path.endswith(CREATE_RECORD) and self.hang == "before"
 
-def handler_for(pds: PDS) -> type[http.server.BaseHTTPRequestHandler]:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def _record(self, body: bytes) -> Request:
-            parts = urlsplit(self.path)
-            headers = {name.lower(): value for name, value in self.headers.items()}
-            request = Request(self.command, parts.path, parse_qs(parts.query), headers, body)
-            pds.requests.append(request)
-            return request
-
-        def _answer(self, reply: Reply) -> None:
-            if reply.hang:
-                pds.release.wait(5)
-                return
-            self.send_response(reply.status)
-            for name, value in reply.headers.items():
-                self.send_header(name, value)
-            if reply.length:
-                self.send_header("Content-Length", str(len(reply.body)))
-            self.end_headers()
-            self.wfile.write(reply.body)
-
-        def _json(self, document: object, status: int = 200) -> None:
-            body = json.dumps(document).encode()
-            self._answer(Reply(status, {"Content-Type": "application/json"}, body))
-
-        def _authorised(self) -> bool:
-            given = self.headers.get("Authorization", "").removeprefix("Bearer ")
-            if pds.revoked_says is not None:
-                self._answer(pds.revoked_says)
-                return False
-            if given in pds.spent:
-                self._answer(xrpc_error(400, "ExpiredToken", "Token has expired"))
-                return False
-            if not given or given != pds.access:
-                self._answer(xrpc_error(401, "AuthenticationRequired", "Invalid token"))
-                return False
-            return True
-
-        def do_GET(self) -> None:
-            request = self._record(b"")
-            if request.path.startswith("/images/"):
-                self._answer(pds.images.get(request.path, Reply(404, body=b"not found")))
-                return
-            if self._scripted(request) or not self._authorised():
-                return
-            if request.nsid == LIST_RECORDS:
-                assert request.query["repo"] == [DID]
-                assert request.query["collection"] == ["app.bsky.feed.post"]
-                limit = int(request.query["limit"][0])
-                self._json({"records": list(reversed(pds.records))[:limit]})
-                return
-            self._json({"error": "MethodNotImplemented"}, 501)
-
-        def do_POST(self) -> None:
-            if self.path.endswith(CREATE_RECORD) and pds.hang == "before":
-                self._record(b"")
-                pds.release.wait(5)
-                return
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            request = self._record(body)
-            if self._scripted(request):
-                return
-            if request.nsid == CREATE_SESSION:
-                document = request.json()
-                if pds.revoked_says is None and document == {
-                    "identifier": HANDLE,
-                    "password": pds.password,
-                }:
-                    self._json({"did": DID, "handle": HANDLE, "active": True, **pds.issue()})
-                else:
-                    self._answer(
-                        xrpc_error(401, "AuthenticationRequired", "Invalid identifier or password")
-                    )
-                return
-            if request.nsid == REFRESH_SESSION:
-                given = self.headers.get("Authorization", "").removeprefix("Bearer ")
-                if pds.revoked_says is not None or given in pds.spent or given != pds.refresh:
-                    self._answer(xrpc_error(400, "ExpiredToken", "Token has been revoked"))
-                else:
-                    self._json({"did": DID, "handle": HANDLE, **pds.issue()})
-                return
-            if not self._authorised():
-                return
-            if request.nsid == UPLOAD_BLOB:
-                link = f"bafkreib{len(pds.blobs):052d}"
-                mime = self.headers["Content-Type"]
-                pds.blobs[link] = (body, mime)
-                blob = {"$type": "blob", "ref": {"$link": link}, "mimeType": mime}
-                self._json({"blob": {**blob, "size": len(body)}})
-                return
-            if request.nsid == CREATE_RECORD:
-                self._create(request.json())
-                return
-            self._json({"error": "MethodNotImplemented"}, 501)
-
-        def _create(self, document: dict[str, Any]) -> None:
-            assert document["repo"] == DID
-            assert document["collection"] == "app.bsky.feed.post"
-            record = document["record"]
-            assert record["$type"] == "app.bsky.feed.post"
-            if len(record["text"]) > 300:
-                self._answer(
-                    xrpc_error(
-                        400,
-                        "InvalidRequest",
-                        "Invalid app.bsky.feed.post record: Record/text must not be longer "
-                        "than 300 graphemes",
-                    )
+    def answer(self, request: Request) -> Reply:
+        if request.method == "GET" and request.route.startswith("/images/"):
+            return self.images.get(request.route, Reply(404, body=b"not found"))
+        scripted = self.script.get(nsid(request))
+        if scripted:
+            return scripted.pop(0)
+        if request.method == "POST" and nsid(request) == CREATE_SESSION:
+            if self.revoked_says is None and request.json == {
+                "identifier": HANDLE,
+                "password": self.password,
+            }:
+                return json_reply(
+                    200, {"did": DID, "handle": HANDLE, "active": True, **self.issue()}
                 )
-                return
-            thumb = record.get("embed", {}).get("external", {}).get("thumb")
-            if thumb is not None:
-                assert thumb["ref"]["$link"] in pds.blobs
-            rkey = f"3l{len(pds.records):011d}"
-            uri = f"at://{DID}/app.bsky.feed.post/{rkey}"
-            pds.records.append({"uri": uri, "cid": f"bafyrei{rkey}", "value": record})
-            if pds.hang == "after":
-                pds.release.wait(5)
-                return
-            self._json({"uri": uri, "cid": f"bafyrei{rkey}"})
+            return xrpc_error(401, "AuthenticationRequired", "Invalid identifier or password")
+        if request.method == "POST" and nsid(request) == REFRESH_SESSION:
+            given = request.headers.get("authorization", "").removeprefix("Bearer ")
+            if self.revoked_says is not None or given in self.spent or given != self.refresh:
+                return xrpc_error(400, "ExpiredToken", "Token has been revoked")
+            return json_reply(200, {"did": DID, "handle": HANDLE, **self.issue()})
+        refused = self.refusal(request)
+        if refused is not None:
+            return refused
+        if request.method == "GET" and nsid(request) == LIST_RECORDS:
+            assert request.query["repo"] == [DID]
+            assert request.query["collection"] == ["app.bsky.feed.post"]
+            limit = int(request.query["limit"][0])
+            return json_reply(200, {"records": list(reversed(self.records))[:limit]})
+        if request.method == "POST" and nsid(request) == UPLOAD_BLOB:
+            link = f"bafkreib{len(self.blobs):052d}"
+            mime = request.headers["content-type"]
+            self.blobs[link] = (request.body, mime)
+            blob = {"$type": "blob", "ref": {"$link": link}, "mimeType": mime}
+            return json_reply(200, {"blob": {**blob, "size": len(request.body)}})
+        if request.method == "POST" and nsid(request) == CREATE_RECORD:
+            return self.create(request.json)
+        return json_reply(501, {"error": "MethodNotImplemented"})
 
-        def _scripted(self, request: Request) -> bool:
-            replies = pds.script.get(request.nsid)
-            if not replies:
-                return False
-            self._answer(replies.pop(0))
-            return True
+    def refusal(self, request: Request) -> Reply | None:
+        """What a call whose session is not good gets; None for a good one."""
+        given = request.headers.get("authorization", "").removeprefix("Bearer ")
+        if self.revoked_says is not None:
+            return self.revoked_says
+        if given in self.spent:
+            return xrpc_error(400, "ExpiredToken", "Token has expired")
+        if not given or given != self.access:
+            return xrpc_error(401, "AuthenticationRequired", "Invalid token")
+        return None
 
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    return Handler
+    def create(self, document: dict[str, Any]) -> Reply:
+        assert document["repo"] == DID
+        assert document["collection"] == "app.bsky.feed.post"
+        record = document["record"]
+        assert record["$type"] == "app.bsky.feed.post"
+        if len(record["text"]) > 300:
+            return xrpc_error(
+                400,
+                "InvalidRequest",
+                "Invalid app.bsky.feed.post record: Record/text must not be longer "
+                "than 300 graphemes",
+            )
+        thumb = record.get("embed", {}).get("external", {}).get("thumb")
+        if thumb is not None:
+            assert thumb["ref"]["$link"] in self.blobs
+        rkey = f"3l{len(self.records):011d}"
+        uri = f"at://{DID}/app.bsky.feed.post/{rkey}"
+        self.records.append({"uri": uri, "cid": f"bafyrei{rkey}", "value": record})
+        if self.hang == "after":
+            return Reply(hang=True)
+        return json_reply(200, {"uri": uri, "cid": f"bafyrei{rkey}"})
 
 
 @pytest.fixture
 def pds() -> Iterator[PDS]:
-    found = PDS()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler_for(found))
-    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    found.url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with serve(PDS()) as found:
         yield found
-    finally:
-        found.release.set()
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def make_channel(base_url: str, *, password: str = PASSWORD, **options: object) -> BlueskyChannel:
@@ -294,25 +205,19 @@ def make_channel(base_url: str, *, password: str = PASSWORD, **options: object) 
         "base_url": base_url,
         **options,
     }
-    return BlueskyChannel(
-        name="sky",
-        options=BlueskyChannel.Options.model_validate(values),
-        secrets={"app_password": Secret(password, variable=VARIABLE)},
-        root=Path("."),
+    return build_channel(
+        BlueskyChannel, "sky", values, {"app_password": Secret(password, variable=VARIABLE)}
     )
 
 
 @pytest.fixture
 def channel(pds: PDS) -> Iterator[BlueskyChannel]:
-    made = make_channel(pds.url)
-    yield made
-    made.close()
+    with closing(make_channel(pds.url)) as made:
+        yield made
 
 
 def send_failing(channel: BlueskyChannel, message: Message = MESSAGE) -> DeliveryError:
-    with pytest.raises(DeliveryError) as caught:
-        channel.send(message)
-    return caught.value
+    return helpers_http.send_failing(channel, message)
 
 
 def with_image(pds: PDS, reply: Reply | None = None, name: str = "a1.png") -> Message:
@@ -343,7 +248,7 @@ def test_a_post_with_a_link_card_and_its_thumbnail(pds: PDS, channel: BlueskyCha
     result = channel.send(with_image(pds))
 
     [login] = pds.calls(CREATE_SESSION)
-    assert login.json() == {"identifier": HANDLE, "password": PASSWORD}
+    assert login.json == {"identifier": HANDLE, "password": PASSWORD}
     [image] = [r for r in pds.requests if r.path == "/images/a1.png"]
     assert "authorization" not in image.headers  # the session's token stays with the PDS
     [upload] = pds.calls(UPLOAD_BLOB)
@@ -385,11 +290,8 @@ def test_a_post_with_a_link_card_and_its_thumbnail(pds: PDS, channel: BlueskyCha
 
 
 def test_the_language_is_sent(pds: PDS) -> None:
-    channel = make_channel(pds.url, language="pt-BR")
-    try:
+    with closing(make_channel(pds.url, language="pt-BR")) as channel:
         channel.send(MESSAGE)
-    finally:
-        channel.close()
     assert pds.posted()[0]["langs"] == ["pt-BR"]
 
 
@@ -510,11 +412,8 @@ def test_when_the_refresh_token_is_spent_too_it_logs_in_again(
 
 
 def test_a_wrong_app_password_is_refused_credentials(pds: PDS) -> None:
-    channel = make_channel(pds.url, password="wrong-pass-word-here")
-    try:
+    with closing(make_channel(pds.url, password="wrong-pass-word-here")) as channel:
         error = send_failing(channel)
-    finally:
-        channel.close()
     assert isinstance(error, CredentialsRefusedError)
     assert VARIABLE in error.reason
     assert "Invalid identifier or password" in error.reason
@@ -588,11 +487,8 @@ def test_a_post_without_an_article_link_has_no_card(pds: PDS, channel: BlueskyCh
     ],
 )
 def test_an_image_that_fails_leaves_the_card_without_a_thumbnail(pds: PDS, reply: Reply) -> None:
-    channel = make_channel(pds.url, timeout=0.5)
-    try:
+    with closing(make_channel(pds.url, timeout=0.5)) as channel:
         result = channel.send(with_image(pds, reply))
-    finally:
-        channel.close()
     assert result.remote_id == pds.records[0]["uri"]
     [record] = pds.posted()
     assert record["embed"]["external"]["uri"] == ARTICLE
@@ -796,33 +692,27 @@ def test_confirm_says_why_it_cannot_look(pds: PDS, channel: BlueskyChannel) -> N
 
 def test_a_refused_connection_is_passing_and_certain_nothing_was_posted() -> None:
     port = free_port()
-    channel = make_channel(f"http://127.0.0.1:{port}")
-    try:
+    with closing(make_channel(f"http://127.0.0.1:{port}")) as channel:
         error = send_failing(channel)
-    finally:
-        channel.close()
     assert isinstance(error, TransientDeliveryError)
     assert f"127.0.0.1:{port}" in error.reason
 
 
 def test_secrets_are_never_in_an_error_or_a_repr(pds: PDS) -> None:
     errors = []
-    for nsid, status in [(CREATE_RECORD, 400), (CREATE_RECORD, 500), (CREATE_SESSION, 401)]:
-        channel = make_channel(pds.url)
-        try:
-            if nsid == CREATE_RECORD:
+    for endpoint, status in [(CREATE_RECORD, 400), (CREATE_RECORD, 500), (CREATE_SESSION, 401)]:
+        with closing(make_channel(pds.url)) as channel:
+            if endpoint == CREATE_RECORD:
                 channel.send(replace(MESSAGE, key="warm-up", text="warm up"))
             echoed = f"got {PASSWORD}"
-            if nsid == CREATE_RECORD:  # the channel's own session's tokens
+            if endpoint == CREATE_RECORD:  # the channel's own session's tokens
                 echoed += f" and {pds.access} and {pds.refresh}"
-            pds.script[nsid] = [xrpc_error(status, "Oops", echoed)]
+            pds.script[endpoint] = [xrpc_error(status, "Oops", echoed)]
             errors.append(send_failing(channel))
-        finally:
-            channel.close()
     for error in errors:
-        for shown in (str(error), repr(error), error.reason):
-            assert PASSWORD not in shown
-            assert "c2VjcmV0" not in shown  # no token
+        for text in error_texts(error):
+            assert PASSWORD not in text
+            assert "c2VjcmV0" not in text  # no token
     assert "**********" in errors[0].reason
     channel = make_channel(pds.url)
     assert PASSWORD not in repr(channel.secrets)
@@ -869,14 +759,3 @@ def test_a_channel_without_its_app_password_is_refused() -> None:
 def test_the_platform_limits() -> None:
     assert BlueskyChannel.max_length == 300
     assert BlueskyChannel.limits == RateLimit(per_hour=1000)
-
-
-# --- helpers -----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A port nothing listens on (it was free a moment ago)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import http.server
 import json
 import logging
 import re
-import socket
-import threading
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -27,6 +24,18 @@ from distributor.exceptions import (
     TransientDeliveryError,
 )
 from distributor.models import Message, Secret
+from tests import helpers_http
+from tests.helpers_http import (
+    Reply,
+    Request,
+    Server,
+    build_channel,
+    deaf_address,
+    error_texts,
+    failures,
+    free_port,
+    serve,
+)
 
 WEBHOOK_ID = "1234567890"
 TOKEN = "Xk9-webhook_t0ken-not-for-errors-or-logs"
@@ -49,15 +58,6 @@ MESSAGE = Message(
 )
 
 
-@dataclass
-class Reply:
-    status: int = 200
-    body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
-    hang: bool = False
-    """Read the request, then say nothing until the test ends."""
-
-
 def error(status: int, message: str, code: int = 0, **more: object) -> Reply:
     """An answer as Discord gives one for a failed request."""
     return Reply(
@@ -65,40 +65,21 @@ def error(status: int, message: str, code: int = 0, **more: object) -> Reply:
     )
 
 
-@dataclass(frozen=True)
-class Request:
-    path: str
-    """With the query."""
-    headers: dict[str, str]
-    body: bytes
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
 @dataclass
-class Discord:
+class Discord(Server):
     """Execute Webhook, for one webhook of one channel."""
 
-    url: str = ""
     webhook_id: str = WEBHOOK_ID
     token: str = TOKEN
-    script: list[Reply] = field(default_factory=list)
-    """Answers given, in order, before the webhook runs as usual."""
-    requests: list[Request] = field(default_factory=list)
     pinged: list[str] = field(default_factory=list)
     """Who the messages posted so far notified (@everyone, @here, roles, users)."""
-    release: threading.Event = field(default_factory=threading.Event)
     next_id: int = 1_230_000_000_000_000_000
 
     @property
     def webhook_url(self) -> str:
         return f"{self.url}/api/webhooks/{self.webhook_id}/{self.token}"
 
-    def answer(self, request: Request) -> Reply:
-        if self.script:
-            return self.script.pop(0)
+    def usual(self, request: Request) -> Reply:
         parts = urlsplit(request.path)
         segments = parts.path.strip("/").split("/")
         if segments[:2] != ["api", "webhooks"] or len(segments) != 4:
@@ -148,67 +129,27 @@ class Discord:
         return Reply(body=json.dumps(message).encode())
 
 
-def handler_for(discord: Discord) -> type[http.server.BaseHTTPRequestHandler]:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            headers = {name.lower(): value for name, value in self.headers.items()}
-            request = Request(path=self.path, headers=headers, body=body)
-            discord.requests.append(request)
-            reply = discord.answer(request)
-            if reply.hang:
-                discord.release.wait(5)
-                return
-            self.send_response(reply.status)
-            for name, value in reply.headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(reply.body)))
-            self.end_headers()
-            self.wfile.write(reply.body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    return Handler
-
-
 @pytest.fixture
 def discord() -> Iterator[Discord]:
-    found = Discord()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler_for(found))
-    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    found.url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with serve(Discord()) as found:
         yield found
-    finally:
-        found.release.set()
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def make_channel(webhook_url: str, **options: object) -> DiscordChannel:
     values: dict[str, object] = {"webhook_url_env": VARIABLE, **options}
-    return DiscordChannel(
-        name="discord",
-        options=DiscordChannel.Options.model_validate(values),
-        secrets={"webhook_url": Secret(webhook_url, variable=VARIABLE)},
-        root=Path("."),
+    return build_channel(
+        DiscordChannel, "discord", values, {"webhook_url": Secret(webhook_url, variable=VARIABLE)}
     )
 
 
 @pytest.fixture
 def channel(discord: Discord) -> Iterator[DiscordChannel]:
-    made = make_channel(discord.webhook_url)
-    yield made
-    made.close()
+    with closing(make_channel(discord.webhook_url)) as made:
+        yield made
 
 
 def send_failing(channel: DiscordChannel, message: Message = MESSAGE) -> DeliveryError:
-    with pytest.raises(DeliveryError) as caught:
-        channel.send(message)
-    return caught.value
+    return helpers_http.send_failing(channel, message)
 
 
 # --- what arrives ------------------------------------------------------------------------------
@@ -247,11 +188,8 @@ def test_what_the_channel_declares(channel: DiscordChannel) -> None:
 
 
 def test_without_embed_the_link_is_left_to_discord(discord: Discord) -> None:
-    channel = make_channel(discord.webhook_url, embed=False)
-    try:
+    with closing(make_channel(discord.webhook_url, embed=False)) as channel:
         channel.send(MESSAGE)
-    finally:
-        channel.close()
     body = discord.requests[0].json
     assert "embeds" not in body
     assert body["content"] == f"BREAKING: {TITLE}\n\n{URL}\n\n\\#health"
@@ -331,6 +269,7 @@ def test_the_server_would_ping_without_the_guard(discord: Discord) -> None:
     """The check above can fail: the same server notes a ping when mentions are allowed."""
     discord.answer(
         Request(
+            method="POST",
             path=f"/api/webhooks/{WEBHOOK_ID}/{TOKEN}?wait=true",
             headers={"content-type": "application/json"},
             body=json.dumps({"content": "@everyone hi"}).encode(),
@@ -413,11 +352,8 @@ def test_base_url_may_carry_a_path(discord: Discord) -> None:
 def test_a_variable_without_a_webhook_url_is_refused_credentials(
     discord: Discord, value: str
 ) -> None:
-    channel = make_channel(value)
-    try:
+    with closing(make_channel(value)) as channel:
         error_ = send_failing(channel)
-    finally:
-        channel.close()
     assert isinstance(error_, CredentialsRefusedError)
     assert VARIABLE in error_.reason
     if value:
@@ -477,12 +413,9 @@ def test_server_errors_are_passing(
 
 def test_a_timeout_after_the_server_received_the_post_is_passing(discord: Discord) -> None:
     discord.script = [Reply(hang=True)]
-    channel = make_channel(discord.webhook_url, timeout=0.2)
-    started = time.monotonic()
-    try:
+    with closing(make_channel(discord.webhook_url, timeout=0.2)) as channel:
+        started = time.monotonic()
         error_ = send_failing(channel)
-    finally:
-        channel.close()
     assert isinstance(error_, TransientDeliveryError)
     assert "did not answer within 0.2 s" in error_.reason
     assert len(discord.requests) == 1
@@ -490,28 +423,19 @@ def test_a_timeout_after_the_server_received_the_post_is_passing(discord: Discor
 
 
 def test_a_timeout_before_the_server_read_the_post_is_passing() -> None:
-    with socket.socket() as deaf:  # takes connections, never reads them
-        deaf.bind(("127.0.0.1", 0))
-        deaf.listen(1)
-        port = deaf.getsockname()[1]
-        channel = make_channel(f"http://127.0.0.1:{port}/api/webhooks/1/{TOKEN}", timeout=0.2)
-        try:
-            error_ = send_failing(channel)
-        finally:
-            channel.close()
+    with (
+        deaf_address() as address,
+        closing(make_channel(f"{address}/api/webhooks/1/{TOKEN}", timeout=0.2)) as channel,
+    ):
+        error_ = send_failing(channel)
     assert isinstance(error_, TransientDeliveryError)
-    assert f"http://127.0.0.1:{port} did not answer within 0.2 s" in error_.reason
+    assert f"{address} did not answer within 0.2 s" in error_.reason
 
 
 def test_a_refused_connection_is_passing() -> None:
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
-    channel = make_channel(f"http://127.0.0.1:{port}/api/webhooks/1/{TOKEN}")
-    try:
+    port = free_port()
+    with closing(make_channel(f"http://127.0.0.1:{port}/api/webhooks/1/{TOKEN}")) as channel:
         error_ = send_failing(channel)
-    finally:
-        channel.close()
     assert isinstance(error_, TransientDeliveryError)
     assert f"cannot reach http://127.0.0.1:{port}" in error_.reason
 
@@ -579,8 +503,7 @@ def test_a_success_without_a_message_has_no_id(
 
 def test_the_webhook_url_is_never_in_an_error(discord: Discord) -> None:
     echoed = f"what is {discord.webhook_url}?"
-    errors = []
-    for reply in [
+    replies = [
         error(400, echoed),
         error(401, echoed),
         error(404, f"no /api/webhooks/{WEBHOOK_ID}/{TOKEN}"),
@@ -588,22 +511,18 @@ def test_the_webhook_url_is_never_in_an_error(discord: Discord) -> None:
         Reply(status=500, body=echoed.encode()),
         Reply(status=302, headers={"Location": discord.webhook_url}),
         Reply(hang=True),
-    ]:
-        discord.script = [reply]
-        channel = make_channel(discord.webhook_url, timeout=0.2)
-        try:
-            errors.append(send_failing(channel))
-        finally:
-            channel.close()
-    closed = make_channel(f"http://127.0.0.1:9/api/webhooks/{WEBHOOK_ID}/{TOKEN}", timeout=0.2)
-    try:
+    ]
+    errors = failures(
+        discord, replies, lambda: make_channel(discord.webhook_url, timeout=0.2), MESSAGE
+    )
+    with closing(
+        make_channel(f"http://127.0.0.1:9/api/webhooks/{WEBHOOK_ID}/{TOKEN}", timeout=0.2)
+    ) as closed:
         errors.append(send_failing(closed))
-    finally:
-        closed.close()
     for error_ in errors:
-        for shown in (str(error_), repr(error_), error_.reason):
-            assert TOKEN not in shown
-            assert f"webhooks/{WEBHOOK_ID}" not in shown
+        for text in error_texts(error_):
+            assert TOKEN not in text
+            assert f"webhooks/{WEBHOOK_ID}" not in text
     assert "what is **********?" in errors[0].reason  # hidden, the rest kept
 
 
@@ -612,11 +531,8 @@ def test_the_webhook_url_is_masked_in_httpx_log_lines(
 ) -> None:
     caplog.set_level(logging.INFO, logger="httpx")
     filters = list(logging.getLogger("httpx").filters)
-    channel = make_channel(discord.webhook_url)
-    try:
+    with closing(make_channel(discord.webhook_url)) as channel:
         channel.send(MESSAGE)
-    finally:
-        channel.close()
     assert "HTTP Request: POST **********?wait=true" in caplog.text
     assert TOKEN not in caplog.text
     assert logging.getLogger("httpx").filters == filters  # removed on close

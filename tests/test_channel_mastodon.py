@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import http.server
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,6 +24,18 @@ from distributor.exceptions import (
     TransientDeliveryError,
 )
 from distributor.models import DeliveryResult, Message, Secret
+from tests import helpers_http
+from tests.helpers_http import (
+    Reply,
+    Request,
+    Server,
+    build_channel,
+    error_texts,
+    failures,
+    free_port,
+    json_reply,
+    serve,
+)
 
 TOKEN = "mastodon-token-5e1f-not-for-errors"
 VARIABLE = "MASTODON_TOKEN"
@@ -51,166 +61,92 @@ INSTANCE = {
 
 
 @dataclass
-class Reply:
-    status: int
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytes = b""
-
-
-@dataclass(frozen=True)
-class Request:
-    method: str
-    path: str
-    headers: dict[str, str]
-    """Names in lower case."""
-    body: bytes
-
-
-@dataclass
-class Instance:
+class Instance(Server):
     """A Mastodon instance as far as the channel uses one: it checks the bearer token, keeps
-    statuses, and answers a repeated Idempotency-Key with the status the key first made."""
+    statuses, and answers a repeated Idempotency-Key with the status the key first made. Its
+    ``script`` answers the next POSTs to /api/v1/statuses, before any checking."""
 
-    url: str = ""
     token: str = TOKEN
     max_characters: int = 500
     instance: Reply = field(default_factory=lambda: Reply(200, body=json.dumps(INSTANCE).encode()))
-    script: list[Reply] = field(default_factory=list)
-    """Answers to the next POSTs, before any checking; then the instance answers itself."""
     hang: str | None = None
     """``before``: say nothing, keep nothing; ``after``: keep the status, then say nothing."""
-    requests: list[Request] = field(default_factory=list)
     statuses: list[dict[str, Any]] = field(default_factory=list)
     by_key: dict[str, dict[str, Any]] = field(default_factory=dict)
-    release: threading.Event = field(default_factory=threading.Event)
 
     def posts(self) -> list[Request]:
         return [r for r in self.requests if r.method == "POST"]
 
+    def unread(self, method: str, path: str) -> bool:
+        return method == "POST" and self.hang == "before"
 
-def handler_for(instance: Instance) -> type[http.server.BaseHTTPRequestHandler]:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def _record(self, body: bytes) -> None:
-            headers = {name.lower(): value for name, value in self.headers.items()}
-            instance.requests.append(Request(self.command, self.path, headers, body))
-
-        def _answer(self, reply: Reply) -> None:
-            self.send_response(reply.status)
-            for name, value in reply.headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(reply.body)))
-            self.end_headers()
-            self.wfile.write(reply.body)
-
-        def _json(self, status: int, document: object) -> None:
-            body = json.dumps(document).encode()
-            self._answer(Reply(status, {"Content-Type": "application/json"}, body))
-
-        def do_GET(self) -> None:
-            self._record(b"")
-            if self.path == "/api/v2/instance":
-                self._answer(instance.instance)
-            else:
-                self._json(404, {"error": "Record not found"})
-
-        def do_POST(self) -> None:
-            if instance.hang == "before":
-                self._record(b"")
-                instance.release.wait(5)
-                return
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            self._record(body)
-            if self.path != "/api/v1/statuses":
-                self._json(404, {"error": "Record not found"})
-                return
-            if instance.script:
-                self._answer(instance.script.pop(0))
-                return
-            if self.headers.get("Authorization") != f"Bearer {instance.token}":
-                self._json(401, {"error": "The access token is invalid"})
-                return
-            assert self.headers.get("Content-Type") == "application/json"
-            document = json.loads(body)
-            key = self.headers.get("Idempotency-Key")
-            if key and key in instance.by_key:
-                self._json(200, instance.by_key[key])
-                return
-            text = document.get("status", "")
-            if not text:
-                self._json(422, {"error": "Validation failed: Text can't be blank"})
-                return
-            if len(text) > instance.max_characters:
-                self._json(
-                    422,
-                    {
-                        "error": "Validation failed: Text character limit of "
-                        f"{instance.max_characters} exceeded"
-                    },
-                )
-                return
-            if document.get("visibility") not in {"public", "unlisted", "private", "direct"}:
-                self._json(422, {"error": "Validation failed: Visibility is not included"})
-                return
-            number = str(110000 + len(instance.statuses))
-            status = {
-                "id": number,
-                "uri": f"{instance.url}/users/desk/statuses/{number}",
-                "url": f"{instance.url}/@desk/{number}",
-                "content": f"<p>{text}</p>",
-                "visibility": document["visibility"],
-                "language": document.get("language"),
-            }
-            instance.statuses.append(status)
-            if key:
-                instance.by_key[key] = status
-            if instance.hang == "after":
-                instance.release.wait(5)
-                return
-            self._json(200, status)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    return Handler
+    def answer(self, request: Request) -> Reply:
+        if request.method == "GET":
+            if request.path == "/api/v2/instance":
+                return self.instance
+            return json_reply(404, {"error": "Record not found"})
+        if request.path != "/api/v1/statuses":
+            return json_reply(404, {"error": "Record not found"})
+        if self.script:
+            return self.script.pop(0)
+        if request.headers.get("authorization") != f"Bearer {self.token}":
+            return json_reply(401, {"error": "The access token is invalid"})
+        assert request.headers.get("content-type") == "application/json"
+        document = request.json
+        key = request.headers.get("idempotency-key")
+        if key and key in self.by_key:
+            return json_reply(200, self.by_key[key])
+        text = document.get("status", "")
+        if not text:
+            return json_reply(422, {"error": "Validation failed: Text can't be blank"})
+        if len(text) > self.max_characters:
+            return json_reply(
+                422,
+                {
+                    "error": "Validation failed: Text character limit of "
+                    f"{self.max_characters} exceeded"
+                },
+            )
+        if document.get("visibility") not in {"public", "unlisted", "private", "direct"}:
+            return json_reply(422, {"error": "Validation failed: Visibility is not included"})
+        number = str(110000 + len(self.statuses))
+        status = {
+            "id": number,
+            "uri": f"{self.url}/users/desk/statuses/{number}",
+            "url": f"{self.url}/@desk/{number}",
+            "content": f"<p>{text}</p>",
+            "visibility": document["visibility"],
+            "language": document.get("language"),
+        }
+        self.statuses.append(status)
+        if key:
+            self.by_key[key] = status
+        if self.hang == "after":
+            return Reply(hang=True)
+        return json_reply(200, status)
 
 
 @pytest.fixture
 def instance() -> Iterator[Instance]:
-    found = Instance()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler_for(found))
-    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    found.url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with serve(Instance()) as found:
         yield found
-    finally:
-        found.release.set()
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def make_channel(base_url: str, *, token: str = TOKEN, **options: object) -> MastodonChannel:
     values: dict[str, object] = {"base_url": base_url, "access_token_env": VARIABLE, **options}
-    return MastodonChannel(
-        name="toots",
-        options=MastodonChannel.Options.model_validate(values),
-        secrets={"access_token": Secret(token, variable=VARIABLE)},
-        root=Path("."),
+    return build_channel(
+        MastodonChannel, "toots", values, {"access_token": Secret(token, variable=VARIABLE)}
     )
 
 
 @pytest.fixture
 def channel(instance: Instance) -> Iterator[MastodonChannel]:
-    made = make_channel(instance.url)
-    yield made
-    made.close()
+    with closing(make_channel(instance.url)) as made:
+        yield made
 
 
 def send_failing(channel: MastodonChannel, message: Message = MESSAGE) -> DeliveryError:
-    with pytest.raises(DeliveryError) as caught:
-        channel.send(message)
-    return caught.value
+    return helpers_http.send_failing(channel, message)
 
 
 # --- what arrives ------------------------------------------------------------------------------
@@ -235,11 +171,8 @@ def test_a_post_becomes_a_status(instance: Instance, channel: MastodonChannel) -
 
 
 def test_visibility_and_language_are_sent(instance: Instance) -> None:
-    channel = make_channel(instance.url, visibility="unlisted", language="de")
-    try:
+    with closing(make_channel(instance.url, visibility="unlisted", language="de")) as channel:
         channel.send(MESSAGE)
-    finally:
-        channel.close()
     assert json.loads(instance.posts()[0].body) == {
         "status": MESSAGE.text,
         "visibility": "unlisted",
@@ -314,19 +247,13 @@ def test_mastodons_defaults_when_the_instance_does_not_say(
 def test_one_limit_given_and_the_other_left_to_its_default(instance: Instance) -> None:
     document = {"configuration": {"statuses": {"max_characters": 5000}}}
     instance.instance = Reply(200, body=json.dumps(document).encode())
-    channel = make_channel(instance.url)
-    try:
+    with closing(make_channel(instance.url)) as channel:
         assert (channel.length_limit, channel.url_length) == (5000, 23)
-    finally:
-        channel.close()
 
 
 def test_defaults_when_the_instance_cannot_be_reached() -> None:
-    channel = make_channel(f"http://127.0.0.1:{free_port()}", timeout=0.5)
-    try:
+    with closing(make_channel(f"http://127.0.0.1:{free_port()}", timeout=0.5)) as channel:
         assert (channel.length_limit, channel.url_length) == (500, 23)
-    finally:
-        channel.close()
 
 
 def test_the_platform_rate_limit_and_the_operators_narrowing() -> None:
@@ -523,28 +450,19 @@ def test_confirm_says_why_it_cannot_ask(instance: Instance, channel: MastodonCha
 
 def test_a_refused_connection_is_passing() -> None:
     port = free_port()
-    channel = make_channel(f"http://127.0.0.1:{port}")
-    try:
+    with closing(make_channel(f"http://127.0.0.1:{port}")) as channel:
         error = send_failing(channel)
-    finally:
-        channel.close()
     assert isinstance(error, TransientDeliveryError)
     assert f"127.0.0.1:{port}" in error.reason
 
 
 def test_the_token_is_never_in_an_error_or_a_repr(instance: Instance) -> None:
     echoed = json.dumps({"error": f"bad token {TOKEN}"}).encode()
-    errors = []
-    for reply in [Reply(400, body=echoed), Reply(401, body=echoed), Reply(500, body=echoed)]:
-        instance.script = [reply]
-        channel = make_channel(instance.url)
-        try:
-            errors.append(send_failing(channel))
-        finally:
-            channel.close()
+    replies = [Reply(400, body=echoed), Reply(401, body=echoed), Reply(500, body=echoed)]
+    errors = failures(instance, replies, lambda: make_channel(instance.url), MESSAGE)
     for error in errors:
-        for shown in (str(error), repr(error), error.reason):
-            assert TOKEN not in shown
+        for text in error_texts(error):
+            assert TOKEN not in text
     assert "**********" in errors[0].reason
     channel = make_channel(instance.url)
     assert TOKEN not in repr(channel.secrets)
@@ -600,14 +518,3 @@ def test_a_channel_without_its_token_is_refused() -> None:
     )
     with pytest.raises(ValueError, match=VARIABLE):
         MastodonChannel(name="toots", options=options, secrets={}, root=Path("."))
-
-
-# --- helpers -----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A port nothing listens on (it was free a moment ago)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import http.server
-import json
 import logging
 import re
-import socket
-import threading
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -28,6 +24,18 @@ from distributor.exceptions import (
     TransientDeliveryError,
 )
 from distributor.models import DeliveryResult, Message, Secret
+from tests import helpers_http
+from tests.helpers_http import (
+    Reply,
+    Request,
+    Server,
+    build_channel,
+    deaf_address,
+    error_texts,
+    failures,
+    free_port,
+    serve,
+)
 
 TOKEN = "xQ7hooksecretT0kenNotForErrors"
 HOOK_PATH = f"/services/T0001/B0001/{TOKEN}"
@@ -44,26 +52,6 @@ MESSAGE = Message(
     article_ids=("a1",),
     payload={"url": URL, "title": TITLE, "description": "A cohort.", "image": IMAGE},
 )
-
-
-@dataclass
-class Reply:
-    status: int = 200
-    body: bytes = b"ok"
-    headers: dict[str, str] = field(default_factory=dict)
-    hang: bool = False
-    """Read the request, then say nothing until the test ends."""
-
-
-@dataclass(frozen=True)
-class Request:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.body)
 
 
 _TOKEN = re.compile(r"<([^<>]*)>")
@@ -101,27 +89,20 @@ def show(mrkdwn: str) -> Shown:
 
 
 @dataclass
-class Slack:
+class Slack(Server):
     """One incoming webhook of one Slack channel."""
 
-    url: str = ""
     token: str = TOKEN
     archived: bool = False
     images: set[str] = field(default_factory=lambda: {IMAGE})
     """Image addresses Slack can fetch; a block with any other is refused."""
-    script: list[Reply] = field(default_factory=list)
-    """Answers given, in order, before the webhook runs as usual."""
-    requests: list[Request] = field(default_factory=list)
     posted: list[Shown] = field(default_factory=list)
-    release: threading.Event = field(default_factory=threading.Event)
 
     @property
     def webhook_url(self) -> str:
         return f"{self.url}/services/T0001/B0001/{self.token}"
 
-    def answer(self, request: Request) -> Reply:
-        if self.script:
-            return self.script.pop(0)
+    def usual(self, request: Request) -> Reply:
         if not request.path.startswith("/services/T0001/B0001/"):
             return Reply(status=404, body=b"no_service")
         if request.path != f"/services/T0001/B0001/{self.token}":
@@ -144,70 +125,30 @@ class Slack:
             if any(image["image_url"] not in self.images for image in images):
                 return Reply(status=400, body=b"invalid_blocks")  # downloading image failed
         self.posted.append(show(body["blocks"][0]["text"]["text"]))
-        return Reply(headers={"Content-Type": "text/html"})
-
-
-def handler_for(slack: Slack) -> type[http.server.BaseHTTPRequestHandler]:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            headers = {name.lower(): value for name, value in self.headers.items()}
-            request = Request(path=self.path, headers=headers, body=body)
-            slack.requests.append(request)
-            reply = slack.answer(request)
-            if reply.hang:
-                slack.release.wait(5)
-                return
-            self.send_response(reply.status)
-            for name, value in reply.headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(reply.body)))
-            self.end_headers()
-            self.wfile.write(reply.body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    return Handler
+        return Reply(headers={"Content-Type": "text/html"}, body=b"ok")
 
 
 @pytest.fixture
 def slack() -> Iterator[Slack]:
-    found = Slack()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler_for(found))
-    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    found.url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with serve(Slack()) as found:
         yield found
-    finally:
-        found.release.set()
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def make_channel(webhook_url: str, **options: object) -> SlackChannel:
     values: dict[str, object] = {"webhook_url_env": VARIABLE, **options}
-    return SlackChannel(
-        name="slack",
-        options=SlackChannel.Options.model_validate(values),
-        secrets={"webhook_url": Secret(webhook_url, variable=VARIABLE)},
-        root=Path("."),
+    return build_channel(
+        SlackChannel, "slack", values, {"webhook_url": Secret(webhook_url, variable=VARIABLE)}
     )
 
 
 @pytest.fixture
 def channel(slack: Slack) -> Iterator[SlackChannel]:
-    made = make_channel(slack.webhook_url)
-    yield made
-    made.close()
+    with closing(make_channel(slack.webhook_url)) as made:
+        yield made
 
 
 def send_failing(channel: SlackChannel, message: Message = MESSAGE) -> DeliveryError:
-    with pytest.raises(DeliveryError) as caught:
-        channel.send(message)
-    return caught.value
+    return helpers_http.send_failing(channel, message)
 
 
 # --- what arrives ------------------------------------------------------------------------------
@@ -248,11 +189,8 @@ def test_what_the_channel_declares(channel: SlackChannel) -> None:
 
 
 def test_a_large_image_goes_below_the_text(slack: Slack) -> None:
-    channel = make_channel(slack.webhook_url, image="large")
-    try:
+    with closing(make_channel(slack.webhook_url, image="large")) as channel:
         channel.send(MESSAGE)
-    finally:
-        channel.close()
     blocks = slack.requests[0].json["blocks"]
     assert [block["type"] for block in blocks] == ["section", "image"]
     assert "accessory" not in blocks[0]
@@ -271,11 +209,8 @@ def test_a_large_image_goes_below_the_text(slack: Slack) -> None:
 def test_an_article_without_image_is_posted_without_one(
     slack: Slack, options: dict[str, str], payload: dict[str, str]
 ) -> None:
-    channel = make_channel(slack.webhook_url, **options)
-    try:
+    with closing(make_channel(slack.webhook_url, **options)) as channel:
         channel.send(replace(MESSAGE, payload=payload))
-    finally:
-        channel.close()
     [section] = slack.requests[0].json["blocks"]
     assert "accessory" not in section
     assert slack.posted[0].links == [(URL, TITLE)]
@@ -397,21 +332,17 @@ def test_invalid_blocks_without_an_image_is_permanent(slack: Slack, channel: Sla
 
 
 def test_base_url_replaces_the_webhooks_host(slack: Slack) -> None:
-    channel = make_channel(f"https://hooks.slack.com{HOOK_PATH}", base_url=slack.url)
-    try:
+    with closing(
+        make_channel(f"https://hooks.slack.com{HOOK_PATH}", base_url=slack.url)
+    ) as channel:
         channel.send(MESSAGE)
-    finally:
-        channel.close()
     assert slack.requests[0].path == HOOK_PATH
 
 
 @pytest.mark.parametrize("value", ["", "hooks.slack.com/services/x", "https:///services/x"])
 def test_a_variable_without_a_webhook_url_is_refused_credentials(slack: Slack, value: str) -> None:
-    channel = make_channel(value)
-    try:
+    with closing(make_channel(value)) as channel:
         error_ = send_failing(channel)
-    finally:
-        channel.close()
     assert isinstance(error_, CredentialsRefusedError)
     assert VARIABLE in error_.reason
     assert slack.requests == []
@@ -424,7 +355,11 @@ def test_a_429_storm_passes_each_wait_on(slack: Slack, channel: SlackChannel) ->
     later = datetime.now(UTC) + timedelta(seconds=40)
     slack.script = [
         Reply(status=429, headers={"Retry-After": "30"}, body=b"rate_limited"),
-        Reply(status=429, headers={"Retry-After": format_datetime(later, usegmt=True)}),
+        Reply(
+            status=429,
+            headers={"Retry-After": format_datetime(later, usegmt=True)},
+            body=b"ok",
+        ),
         Reply(status=429, body=b"rate_limited"),
     ]
     errors = [send_failing(channel) for _ in range(3)]
@@ -458,12 +393,9 @@ def test_server_errors_are_passing(
 
 def test_a_timeout_after_the_server_received_the_post_is_passing(slack: Slack) -> None:
     slack.script = [Reply(hang=True)]
-    channel = make_channel(slack.webhook_url, timeout=0.2)
-    started = time.monotonic()
-    try:
+    with closing(make_channel(slack.webhook_url, timeout=0.2)) as channel:
+        started = time.monotonic()
         error_ = send_failing(channel)
-    finally:
-        channel.close()
     assert isinstance(error_, TransientDeliveryError)
     assert "did not answer within 0.2 s" in error_.reason
     assert len(slack.requests) == 1
@@ -471,28 +403,19 @@ def test_a_timeout_after_the_server_received_the_post_is_passing(slack: Slack) -
 
 
 def test_a_timeout_before_the_server_read_the_post_is_passing() -> None:
-    with socket.socket() as deaf:  # takes connections, never reads them
-        deaf.bind(("127.0.0.1", 0))
-        deaf.listen(1)
-        port = deaf.getsockname()[1]
-        channel = make_channel(f"http://127.0.0.1:{port}{HOOK_PATH}", timeout=0.2)
-        try:
-            error_ = send_failing(channel)
-        finally:
-            channel.close()
+    with (
+        deaf_address() as address,
+        closing(make_channel(f"{address}{HOOK_PATH}", timeout=0.2)) as channel,
+    ):
+        error_ = send_failing(channel)
     assert isinstance(error_, TransientDeliveryError)
-    assert f"http://127.0.0.1:{port} did not answer within 0.2 s" in error_.reason
+    assert f"{address} did not answer within 0.2 s" in error_.reason
 
 
 def test_a_refused_connection_is_passing() -> None:
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
-    channel = make_channel(f"http://127.0.0.1:{port}{HOOK_PATH}")
-    try:
+    port = free_port()
+    with closing(make_channel(f"http://127.0.0.1:{port}{HOOK_PATH}")) as channel:
         error_ = send_failing(channel)
-    finally:
-        channel.close()
     assert isinstance(error_, TransientDeliveryError)
     assert f"cannot reach http://127.0.0.1:{port}" in error_.reason
 
@@ -506,11 +429,8 @@ def test_a_revoked_webhook_is_refused_credentials(slack: Slack, channel: SlackCh
 
 
 def test_a_removed_webhook_is_refused_credentials(slack: Slack) -> None:
-    channel = make_channel(f"{slack.url}/services/T0001/B0002/{TOKEN}")
-    try:
+    with closing(make_channel(f"{slack.url}/services/T0001/B0002/{TOKEN}")) as channel:
         error_ = send_failing(channel)
-    finally:
-        channel.close()
     assert isinstance(error_, CredentialsRefusedError)
     assert "HTTP 404: no_service" in error_.reason
 
@@ -533,7 +453,7 @@ def test_a_bad_request_is_permanent_with_slacks_code(
 
 
 def test_a_redirect_is_not_followed(slack: Slack, channel: SlackChannel) -> None:
-    slack.script = [Reply(status=302, headers={"Location": "/elsewhere"})]
+    slack.script = [Reply(status=302, headers={"Location": "/elsewhere"}, body=b"ok")]
     error_ = send_failing(channel)
     assert type(error_) is PermanentDeliveryError
     assert "HTTP 302" in error_.reason
@@ -545,32 +465,23 @@ def test_a_redirect_is_not_followed(slack: Slack, channel: SlackChannel) -> None
 
 def test_the_webhook_url_is_never_in_an_error(slack: Slack) -> None:
     echoed = f"what is {slack.webhook_url}?".encode()
-    errors = []
-    for reply in [
+    replies = [
         Reply(status=400, body=echoed),
         Reply(status=403, body=echoed),
         Reply(status=404, body=f"no {HOOK_PATH}".encode()),
         Reply(status=410, body=TOKEN.encode()),
         Reply(status=429, body=echoed),
         Reply(status=500, body=echoed),
-        Reply(status=302, headers={"Location": slack.webhook_url}),
+        Reply(status=302, headers={"Location": slack.webhook_url}, body=b"ok"),
         Reply(hang=True),
-    ]:
-        slack.script = [reply]
-        channel = make_channel(slack.webhook_url, timeout=0.2)
-        try:
-            errors.append(send_failing(channel))
-        finally:
-            channel.close()
-    closed = make_channel(f"http://127.0.0.1:9{HOOK_PATH}", timeout=0.2)
-    try:
+    ]
+    errors = failures(slack, replies, lambda: make_channel(slack.webhook_url, timeout=0.2), MESSAGE)
+    with closing(make_channel(f"http://127.0.0.1:9{HOOK_PATH}", timeout=0.2)) as closed:
         errors.append(send_failing(closed))
-    finally:
-        closed.close()
     for error_ in errors:
-        for shown in (str(error_), repr(error_), error_.reason):
-            assert TOKEN not in shown
-            assert "B0001" not in shown
+        for text in error_texts(error_):
+            assert TOKEN not in text
+            assert "B0001" not in text
     assert "what is **********?" in errors[0].reason  # hidden, the rest kept
 
 
@@ -579,11 +490,8 @@ def test_the_webhook_url_is_masked_in_httpx_log_lines(
 ) -> None:
     caplog.set_level(logging.INFO, logger="httpx")
     filters = list(logging.getLogger("httpx").filters)
-    channel = make_channel(slack.webhook_url)
-    try:
+    with closing(make_channel(slack.webhook_url)) as channel:
         channel.send(MESSAGE)
-    finally:
-        channel.close()
     assert 'HTTP Request: POST ********** "HTTP/1.0 200 OK"' in caplog.text
     assert TOKEN not in caplog.text
     assert logging.getLogger("httpx").filters == filters  # removed on close

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import http.server
 import json
 import logging
-import socket
-import threading
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field, replace
 from html.parser import HTMLParser
 from pathlib import Path
@@ -26,6 +24,18 @@ from distributor.exceptions import (
     TransientDeliveryError,
 )
 from distributor.models import Message, Secret
+from tests import helpers_http
+from tests.helpers_http import (
+    Reply,
+    Request,
+    Server,
+    build_channel,
+    deaf_address,
+    error_texts,
+    failures,
+    free_port,
+    serve,
+)
 
 TOKEN = "123456789:AAHk-Secret_t0ken-not-for-errors"
 VARIABLE = "TELEGRAM_BOT_TOKEN"
@@ -51,32 +61,12 @@ TELEGRAM_TAGS = {
 }  # fmt: skip
 
 
-@dataclass
-class Reply:
-    status: int = 200
-    body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
-    hang: bool = False
-    """Read the request, then say nothing until the test ends."""
-
-
 def error(code: int, description: str, **parameters: object) -> Reply:
     """An answer as the Bot API gives one for a failed call."""
     document: dict[str, Any] = {"ok": False, "error_code": code, "description": description}
     if parameters:
         document["parameters"] = parameters
     return Reply(status=code, body=json.dumps(document).encode())
-
-
-@dataclass(frozen=True)
-class Request:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.body)
 
 
 class Markup(HTMLParser):
@@ -102,24 +92,22 @@ def read_markup(text: str) -> Markup:
 
 
 @dataclass
-class BotAPI:
+class BotAPI(Server):
     """The sendMessage method of the Bot API, for one bot that is admin of known chats."""
 
-    url: str = ""
     token: str = TOKEN
     chats: dict[str, str | None] = field(
         default_factory=lambda: {"@medicalnews": "medicalnews", "-1001234567890": None}
     )
     """Chat id as sent -> the chat's public username."""
-    script: list[Reply] = field(default_factory=list)
-    """Answers given, in order, before the method runs as usual."""
-    requests: list[Request] = field(default_factory=list)
-    release: threading.Event = field(default_factory=threading.Event)
     next_id: int = 100
 
     def answer(self, request: Request) -> Reply:
-        if self.script:
-            return self.script.pop(0)
+        reply = super().answer(request)
+        # The Bot API answers every call in JSON.
+        return replace(reply, headers={**reply.headers, "Content-Type": "application/json"})
+
+    def usual(self, request: Request) -> Reply:
         if not request.path.startswith("/bot") or not request.path.endswith("/sendMessage"):
             return error(404, "Not Found")
         if request.path != f"/bot{self.token}/sendMessage":
@@ -154,45 +142,10 @@ class BotAPI:
         return Reply(body=json.dumps({"ok": True, "result": result}).encode())
 
 
-def handler_for(api: BotAPI) -> type[http.server.BaseHTTPRequestHandler]:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            headers = {name.lower(): value for name, value in self.headers.items()}
-            request = Request(path=self.path, headers=headers, body=body)
-            api.requests.append(request)
-            reply = api.answer(request)
-            if reply.hang:
-                api.release.wait(5)
-                return
-            self.send_response(reply.status)
-            for name, value in reply.headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(reply.body)))
-            self.end_headers()
-            self.wfile.write(reply.body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    return Handler
-
-
 @pytest.fixture
 def api() -> Iterator[BotAPI]:
-    found = BotAPI()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler_for(found))
-    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    found.url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with serve(BotAPI()) as found:
         yield found
-    finally:
-        found.release.set()
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def make_channel(base_url: str, *, token: str = TOKEN, **options: object) -> TelegramChannel:
@@ -202,25 +155,19 @@ def make_channel(base_url: str, *, token: str = TOKEN, **options: object) -> Tel
         "base_url": base_url,
         **options,
     }
-    return TelegramChannel(
-        name="telegram",
-        options=TelegramChannel.Options.model_validate(values),
-        secrets={"bot_token": Secret(token, variable=VARIABLE)},
-        root=Path("."),
+    return build_channel(
+        TelegramChannel, "telegram", values, {"bot_token": Secret(token, variable=VARIABLE)}
     )
 
 
 @pytest.fixture
 def channel(api: BotAPI) -> Iterator[TelegramChannel]:
-    made = make_channel(api.url)
-    yield made
-    made.close()
+    with closing(make_channel(api.url)) as made:
+        yield made
 
 
 def send_failing(channel: TelegramChannel, message: Message = MESSAGE) -> DeliveryError:
-    with pytest.raises(DeliveryError) as caught:
-        channel.send(message)
-    return caught.value
+    return helpers_http.send_failing(channel, message)
 
 
 # --- what arrives ------------------------------------------------------------------------------
@@ -255,11 +202,10 @@ def test_what_the_channel_declares(channel: TelegramChannel) -> None:
 
 
 def test_options_for_silence_and_no_preview(api: BotAPI) -> None:
-    channel = make_channel(api.url, disable_web_page_preview=True, disable_notification=True)
-    try:
+    with closing(
+        make_channel(api.url, disable_web_page_preview=True, disable_notification=True)
+    ) as channel:
         channel.send(MESSAGE)
-    finally:
-        channel.close()
     body = api.requests[0].json
     assert body["link_preview_options"] == {"is_disabled": True}
     assert body["disable_notification"] is True
@@ -278,11 +224,8 @@ def test_the_detail_links_to_the_post(
     api: BotAPI, chat_id: int | str, username: str | None, detail: str | None
 ) -> None:
     api.chats = {str(chat_id): username}
-    channel = make_channel(api.url, chat_id=chat_id)
-    try:
+    with closing(make_channel(api.url, chat_id=chat_id)) as channel:
         result = channel.send(MESSAGE)
-    finally:
-        channel.close()
     assert api.requests[0].json["chat_id"] == chat_id
     assert result.remote_id == "101"
     assert result.detail == detail
@@ -423,12 +366,9 @@ def test_server_errors_are_passing(
 
 def test_a_timeout_after_the_server_received_the_post_is_passing(api: BotAPI) -> None:
     api.script = [Reply(hang=True)]
-    channel = make_channel(api.url, timeout=0.2)
-    started = time.monotonic()
-    try:
+    with closing(make_channel(api.url, timeout=0.2)) as channel:
+        started = time.monotonic()
         error_ = send_failing(channel)
-    finally:
-        channel.close()
     assert isinstance(error_, TransientDeliveryError)
     assert "did not answer within 0.2 s" in error_.reason
     assert "may have gone out" in error_.reason
@@ -437,27 +377,16 @@ def test_a_timeout_after_the_server_received_the_post_is_passing(api: BotAPI) ->
 
 
 def test_a_timeout_before_the_server_read_the_post_is_passing() -> None:
-    with socket.socket() as deaf:  # takes connections, never reads them
-        deaf.bind(("127.0.0.1", 0))
-        deaf.listen(1)
-        channel = make_channel(f"http://127.0.0.1:{deaf.getsockname()[1]}", timeout=0.2)
-        try:
-            error_ = send_failing(channel)
-        finally:
-            channel.close()
+    with deaf_address() as address, closing(make_channel(address, timeout=0.2)) as channel:
+        error_ = send_failing(channel)
     assert isinstance(error_, TransientDeliveryError)
     assert "did not answer within 0.2 s" in error_.reason
 
 
 def test_a_refused_connection_is_passing() -> None:
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
-    channel = make_channel(f"http://127.0.0.1:{port}")
-    try:
+    port = free_port()
+    with closing(make_channel(f"http://127.0.0.1:{port}")) as channel:
         error_ = send_failing(channel)
-    finally:
-        channel.close()
     assert isinstance(error_, TransientDeliveryError)
     assert f"cannot reach http://127.0.0.1:{port}" in error_.reason
 
@@ -479,21 +408,15 @@ def test_a_kicked_bot_is_refused_credentials(api: BotAPI, channel: TelegramChann
 
 
 def test_a_base_url_that_is_not_the_bot_api_is_refused_credentials(api: BotAPI) -> None:
-    channel = make_channel(api.url + "/not-telegram")
-    try:
+    with closing(make_channel(api.url + "/not-telegram")) as channel:
         error_ = send_failing(channel)
-    finally:
-        channel.close()
     assert isinstance(error_, CredentialsRefusedError)
     assert "HTTP 404" in error_.reason
 
 
 def test_a_malformed_token_is_refused_before_sending(api: BotAPI) -> None:
-    channel = make_channel(api.url, token="123:abc/../../evil?x=1")
-    try:
+    with closing(make_channel(api.url, token="123:abc/../../evil?x=1")) as channel:
         error_ = send_failing(channel)
-    finally:
-        channel.close()
     assert isinstance(error_, CredentialsRefusedError)
     assert VARIABLE in error_.reason
     assert "abc" not in error_.reason
@@ -501,11 +424,8 @@ def test_a_malformed_token_is_refused_before_sending(api: BotAPI) -> None:
 
 
 def test_an_unknown_chat_is_permanent_with_the_description(api: BotAPI) -> None:
-    channel = make_channel(api.url, chat_id="@nosuchchannel")
-    try:
+    with closing(make_channel(api.url, chat_id="@nosuchchannel")) as channel:
         error_ = send_failing(channel)
-    finally:
-        channel.close()
     assert type(error_) is PermanentDeliveryError
     assert error_.reason.endswith("answered HTTP 400: Bad Request: chat not found")
 
@@ -552,8 +472,7 @@ def test_a_redirect_is_not_followed(api: BotAPI, channel: TelegramChannel) -> No
 
 def test_the_token_is_never_in_an_error(api: BotAPI) -> None:
     echoed = f"Bad Request: what is /bot{TOKEN}/sendMessage?"
-    errors = []
-    for reply in [
+    replies = [
         error(400, echoed),
         error(401, echoed),
         error(403, echoed),
@@ -562,22 +481,14 @@ def test_the_token_is_never_in_an_error(api: BotAPI) -> None:
         Reply(status=302, headers={"Location": f"/bot{TOKEN}/x"}),
         Reply(status=200, body=echoed.encode()),
         Reply(hang=True),
-    ]:
-        api.script = [reply]
-        channel = make_channel(api.url, timeout=0.2)
-        try:
-            errors.append(send_failing(channel))
-        finally:
-            channel.close()
-    closed = make_channel("http://127.0.0.1:9", timeout=0.2)
-    try:
+    ]
+    errors = failures(api, replies, lambda: make_channel(api.url, timeout=0.2), MESSAGE)
+    with closing(make_channel("http://127.0.0.1:9", timeout=0.2)) as closed:
         errors.append(send_failing(closed))
-    finally:
-        closed.close()
     for error_ in errors:
-        for shown in (str(error_), repr(error_), error_.reason):
-            assert TOKEN not in shown
-            assert TOKEN.split(":")[1] not in shown
+        for text in error_texts(error_):
+            assert TOKEN not in text
+            assert TOKEN.split(":")[1] not in text
     assert "/bot**********/sendMessage" in errors[0].reason  # hidden, the rest kept
 
 
@@ -586,11 +497,8 @@ def test_the_token_is_masked_in_httpx_log_lines(
 ) -> None:
     caplog.set_level(logging.INFO, logger="httpx")
     filters = list(logging.getLogger("httpx").filters)
-    channel = make_channel(api.url)
-    try:
+    with closing(make_channel(api.url)) as channel:
         channel.send(MESSAGE)
-    finally:
-        channel.close()
     assert "/bot**********/sendMessage" in caplog.text
     assert TOKEN not in caplog.text
     assert logging.getLogger("httpx").filters == filters  # removed on close

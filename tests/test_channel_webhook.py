@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import http.server
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -28,7 +26,18 @@ from distributor.exceptions import (
     TransientDeliveryError,
 )
 from distributor.models import DeliveryResult, Message, Secret
+from tests import helpers_http
 from tests.conftest import copy_example
+from tests.helpers_http import (
+    Reply,
+    Request,
+    Server,
+    build_channel,
+    error_texts,
+    failures,
+    free_port,
+    serve,
+)
 
 SECRET = "whsec-7f3a9c21-not-for-errors"
 VARIABLE = "HOOK_SECRET"
@@ -44,68 +53,20 @@ MESSAGE = Message(
 
 
 @dataclass
-class Reply:
-    status: int = 200
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytes = b""
-    hang: bool = False
-    """Read the request, then say nothing until the test ends."""
+class Receiver(Server):
+    """A receiver that gives every post the same answer."""
 
-
-@dataclass(frozen=True)
-class Request:
-    path: str
-    headers: dict[str, str]
-    """Names in lower case."""
-    body: bytes
-
-
-@dataclass
-class Receiver:
-    url: str = ""
     reply: Reply = field(default_factory=Reply)
-    requests: list[Request] = field(default_factory=list)
-    release: threading.Event = field(default_factory=threading.Event)
 
-
-def handler_for(receiver: Receiver) -> type[http.server.BaseHTTPRequestHandler]:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            headers = {name.lower(): value for name, value in self.headers.items()}
-            receiver.requests.append(Request(path=self.path, headers=headers, body=body))
-            reply = receiver.reply
-            if reply.hang:
-                receiver.release.wait(5)
-                return
-            self.send_response(reply.status)
-            for name, value in reply.headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(reply.body)))
-            self.end_headers()
-            self.wfile.write(reply.body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    return Handler
+    def usual(self, request: Request) -> Reply:
+        return self.reply
 
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    found = Receiver()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler_for(found))
-    # A short poll interval: shutdown() waits up to one interval.
-    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    found.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/distributor?token=t0ken"
-    try:
+    with serve(Receiver()) as found:
+        found.url += "/hooks/distributor?token=t0ken"
         yield found
-    finally:
-        found.release.set()
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def make_channel(url: str, *, secret: str | None = SECRET, **options: object) -> WebhookChannel:
@@ -114,25 +75,17 @@ def make_channel(url: str, *, secret: str | None = SECRET, **options: object) ->
     if secret is not None:
         values["secret_env"] = VARIABLE
         secrets["secret"] = Secret(secret, variable=VARIABLE)
-    return WebhookChannel(
-        name="hook",
-        options=WebhookChannel.Options.model_validate(values),
-        secrets=secrets,
-        root=Path("."),
-    )
+    return build_channel(WebhookChannel, "hook", values, secrets)
 
 
 @pytest.fixture
 def channel(receiver: Receiver) -> Iterator[WebhookChannel]:
-    made = make_channel(receiver.url)
-    yield made
-    made.close()
+    with closing(make_channel(receiver.url)) as made:
+        yield made
 
 
 def send_failing(channel: WebhookChannel, message: Message = MESSAGE) -> DeliveryError:
-    with pytest.raises(DeliveryError) as caught:
-        channel.send(message)
-    return caught.value
+    return helpers_http.send_failing(channel, message)
 
 
 # --- what arrives ------------------------------------------------------------------------------
@@ -179,11 +132,8 @@ def test_the_signature_verifies_with_the_secret(
 
 
 def test_without_a_secret_requests_are_unsigned(receiver: Receiver) -> None:
-    channel = make_channel(receiver.url, secret=None)
-    try:
+    with closing(make_channel(receiver.url, secret=None)) as channel:
         channel.send(MESSAGE)
-    finally:
-        channel.close()
     [request] = receiver.requests
     assert "x-distributor-signature" not in request.headers
     assert "idempotency-key" in request.headers
@@ -204,11 +154,8 @@ def test_the_idempotency_key_is_stable_for_a_delivery_and_differs_for_another(
 
 
 def test_extra_headers_are_sent(receiver: Receiver) -> None:
-    channel = make_channel(receiver.url, headers={"X-Team": "social desk"})
-    try:
+    with closing(make_channel(receiver.url, headers={"X-Team": "social desk"})) as channel:
         channel.send(MESSAGE)
-    finally:
-        channel.close()
     assert receiver.requests[0].headers["x-team"] == "social desk"
 
 
@@ -282,11 +229,8 @@ def test_refused_signature_is_permanent(receiver: Receiver, channel: WebhookChan
 
 def test_refused_unsigned_request_says_to_sign_it(receiver: Receiver) -> None:
     receiver.reply = Reply(status=403)
-    channel = make_channel(receiver.url, secret=None)
-    try:
+    with closing(make_channel(receiver.url, secret=None)) as channel:
         error = send_failing(channel)
-    finally:
-        channel.close()
     assert isinstance(error, PermanentDeliveryError)
     assert "unsigned" in error.reason
     assert "secret_env" in error.reason
@@ -315,53 +259,39 @@ def test_a_receiver_that_does_not_answer_in_time_is_a_passing_failure(
     receiver: Receiver,
 ) -> None:
     receiver.reply = Reply(hang=True)
-    channel = make_channel(receiver.url, timeout=0.2)
-    started = time.monotonic()
-    try:
+    with closing(make_channel(receiver.url, timeout=0.2)) as channel:
+        started = time.monotonic()
         error = send_failing(channel)
-    finally:
-        channel.close()
     assert isinstance(error, TransientDeliveryError)
     assert "did not answer within 0.2 s" in error.reason
     assert time.monotonic() - started < 2
 
 
 def test_a_refused_connection_is_a_passing_failure() -> None:
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
-    channel = make_channel(f"http://127.0.0.1:{port}/hook")
-    try:
+    port = free_port()
+    with closing(make_channel(f"http://127.0.0.1:{port}/hook")) as channel:
         error = send_failing(channel)
-    finally:
-        channel.close()
     assert isinstance(error, TransientDeliveryError)
     assert f"127.0.0.1:{port}" in error.reason
 
 
 def test_the_secret_and_the_address_token_are_never_in_an_error(receiver: Receiver) -> None:
     echoed = f"got secret={SECRET}".encode()
-    errors = []
-    for reply in [
+    replies = [
         Reply(status=400, body=echoed),
         Reply(status=500, body=echoed),
         Reply(status=401, body=echoed),
         Reply(status=429, body=echoed),
         Reply(status=302, headers={"Location": "/x"}),
         Reply(hang=True),
-    ]:
-        receiver.reply = reply
-        channel = make_channel(receiver.url, timeout=0.2)
-        try:
-            errors.append(send_failing(channel))
-        finally:
-            channel.close()
+    ]
+    errors = failures(receiver, replies, lambda: make_channel(receiver.url, timeout=0.2), MESSAGE)
     closed = make_channel("http://127.0.0.1:9/hook?token=t0ken", timeout=0.2)
     errors.append(send_failing(closed))
     for error in errors:
-        for shown in (str(error), repr(error), error.reason):
-            assert SECRET not in shown
-            assert "t0ken" not in shown
+        for text in error_texts(error):
+            assert SECRET not in text
+            assert "t0ken" not in text
     assert "**********" in errors[0].reason  # the echoed secret was hidden, the rest kept
 
 

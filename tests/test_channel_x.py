@@ -11,14 +11,13 @@ import base64
 import hashlib
 import hmac
 import html
-import http.server
 import json
 import logging
 import re
-import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,6 +36,8 @@ from distributor.exceptions import (
     TransientDeliveryError,
 )
 from distributor.models import DeliveryResult, Message, Secret
+from tests import helpers_http
+from tests.helpers_http import QuietHandler, Request, build_channel, free_port, serve
 
 # Characters that OAuth percent-encodes, so the signature's encoding is exercised too.
 API_KEY = "ck/4f1d+x9Qe"
@@ -97,22 +98,13 @@ class Post:
     """Whether the timeline says which address each t.co link stands for."""
 
 
-@dataclass(frozen=True)
-class Seen:
-    method: str
-    path: str
-    headers: dict[str, str]
-    """Names in lower case."""
-    body: bytes
-
-
 @dataclass
 class XServer:
-    base_url: str = ""
+    url: str = ""
     prefix: str = ""
     tokens: dict[str, str] = field(default_factory=lambda: {ACCESS_TOKEN: ACCESS_TOKEN_SECRET})
     posts: list[Post] = field(default_factory=list)
-    requests: list[Seen] = field(default_factory=list)
+    requests: list[Request] = field(default_factory=list)
     script: list[tuple[str, Reply]] = field(default_factory=list)
     """(route, reply): the next request to the route ("POST /2/tweets") gets the reply."""
     problems: list[str] = field(default_factory=list)
@@ -212,8 +204,8 @@ def shown(post: Post) -> tuple[str, list[dict[str, Any]]]:
     return "".join(parts), entities
 
 
-def handler_for(server: XServer) -> type[http.server.BaseHTTPRequestHandler]:
-    class Handler(http.server.BaseHTTPRequestHandler):
+def handler_for(server: XServer) -> type[QuietHandler]:
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             self.handle_request("GET")
 
@@ -237,7 +229,7 @@ def handler_for(server: XServer) -> type[http.server.BaseHTTPRequestHandler]:
                 return
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             headers = {name.lower(): value for name, value in self.headers.items()}
-            server.requests.append(Seen(method, self.path, headers, body))
+            server.requests.append(Request(method, self.path, headers, body))
             problem = oauth_problem(
                 server, method, self.headers["Host"], self.path, headers.get("authorization", "")
             )
@@ -352,27 +344,15 @@ def handler_for(server: XServer) -> type[http.server.BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
     return Handler
 
 
 @pytest.fixture
 def x_server() -> Iterator[XServer]:
     found = XServer()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler_for(found))
-    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    found.base_url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with serve(found, handler_for(found)):
         yield found
         assert found.problems == [], "the server got a request X would refuse"
-    finally:
-        found.release.set()
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def option_values(**extra: object) -> dict[str, object]:
@@ -385,28 +365,24 @@ def make_channel(
     base_url: str, *, values: dict[str, str] | None = None, **options: object
 ) -> XChannel:
     given = {**VALUES, **(values or {})}
-    return XChannel(
-        name="x",
-        options=XChannel.Options.model_validate(
-            option_values(**({"base_url": base_url, "timeout": 5} | options))
-        ),
-        secrets={key: Secret(given[key], variable=VARIABLES[key]) for key in VARIABLES},
-        root=Path("."),
+    return build_channel(
+        XChannel,
+        "x",
+        option_values(**({"base_url": base_url, "timeout": 5} | options)),
+        {key: Secret(given[key], variable=VARIABLES[key]) for key in VARIABLES},
     )
 
 
 @pytest.fixture
 def channel(x_server: XServer) -> Iterator[XChannel]:
-    made = make_channel(x_server.base_url)
-    yield made
-    made.close()
+    with closing(make_channel(x_server.url)) as made:
+        yield made
 
 
 def send_failing(channel: XChannel, message: Message = MESSAGE) -> DeliveryError:
-    with pytest.raises(DeliveryError) as caught:
-        channel.send(message)
-    assert_no_secret(str(caught.value))
-    return caught.value
+    error = helpers_http.send_failing(channel, message)
+    assert_no_secret(str(error))
+    return error
 
 
 def assert_no_secret(text: str) -> None:
@@ -514,12 +490,9 @@ def test_base_url_with_a_path_is_where_requests_go_and_what_is_signed(
     x_server: XServer,
 ) -> None:
     x_server.prefix = "/proxy/x"
-    channel = make_channel(x_server.base_url + "/proxy/x/")
-    try:
+    with closing(make_channel(x_server.url + "/proxy/x/")) as channel:
         result = channel.send(MESSAGE)
         assert channel.confirm(MESSAGE) == result
-    finally:
-        channel.close()
     assert {urlsplit(s.path).path for s in x_server.requests} == {
         "/proxy/x/2/tweets",
         "/proxy/x/2/users/me",
@@ -528,13 +501,12 @@ def test_base_url_with_a_path_is_where_requests_go_and_what_is_signed(
 
 
 def test_a_wrong_secret_gives_a_signature_the_server_refuses(x_server: XServer) -> None:
-    channel = make_channel(x_server.base_url, values={"api_secret": "not the app's secret"})
-    try:
+    with closing(
+        make_channel(x_server.url, values={"api_secret": "not the app's secret"})
+    ) as channel:
         error = send_failing(channel)
-    finally:
-        channel.close()
     assert isinstance(error, CredentialsRefusedError)
-    assert x_server.problems == ["signature does not match POST " + x_server.base_url + "/2/tweets"]
+    assert x_server.problems == ["signature does not match POST " + x_server.url + "/2/tweets"]
     assert x_server.posts == []
     x_server.problems.clear()
 
@@ -677,7 +649,7 @@ def test_server_errors_are_passing(
 def test_a_timeout_before_the_post_arrived_is_passing_and_confirm_finds_nothing(
     x_server: XServer,
 ) -> None:
-    channel = make_channel(x_server.base_url, timeout=0.5)
+    channel = make_channel(x_server.url, timeout=0.5)
     x_server.script.append(("POST /2/tweets", Reply(hang="before")))
     try:
         error = send_failing(channel)
@@ -696,7 +668,7 @@ def test_a_timeout_before_the_post_arrived_is_passing_and_confirm_finds_nothing(
 def test_a_timeout_after_the_post_arrived_is_passing_and_confirm_finds_the_post(
     x_server: XServer,
 ) -> None:
-    channel = make_channel(x_server.base_url, timeout=0.5)
+    channel = make_channel(x_server.url, timeout=0.5)
     x_server.script.append(("POST /2/tweets", Reply(hang="after")))
     try:
         error = send_failing(channel)
@@ -731,14 +703,9 @@ def test_a_dropped_connection_is_passing(x_server: XServer, channel: XChannel) -
 
 
 def test_no_server_is_passing() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    channel = make_channel(f"http://127.0.0.1:{port}")
-    try:
+    port = free_port()
+    with closing(make_channel(f"http://127.0.0.1:{port}")) as channel:
         error = send_failing(channel)
-    finally:
-        channel.close()
     assert isinstance(error, TransientDeliveryError)
     assert f"cannot reach http://127.0.0.1:{port}" in str(error)
 

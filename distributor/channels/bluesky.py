@@ -34,7 +34,6 @@ timeout, no connection          passing: retried
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import threading
@@ -49,9 +48,18 @@ import httpx
 from pydantic import Field, field_validator
 
 from distributor.channels.base import Channel, ChannelKind, RateLimit
-from distributor.channels.http import parse_retry_after
-from distributor.channels.mastodon import http_address, origin
-from distributor.channels.webhook import USER_AGENT, delivery_key
+from distributor.channels.http import (
+    ChannelClient,
+    base_address,
+    delivery_key,
+    excerpt,
+    hide,
+    json_document,
+    origin,
+    parse_retry_after,
+    required_secret,
+    retry_after_wait,
+)
 from distributor.exceptions import (
     CredentialsRefusedError,
     PermanentDeliveryError,
@@ -74,7 +82,6 @@ MAX_THUMB_BYTES = 1_000_000
 RECENT_POSTS = 25
 """How many of the account's latest posts are searched for one whose outcome is unknown."""
 MAX_TAG_LENGTH = 64
-EXCERPT_CHARS = 200
 # Errors that mean the session's token is spent, not that the account is refused.
 _SPENT_TOKEN = frozenset({"ExpiredToken", "InvalidToken"})
 _URL = re.compile(r"https?://[^\s<>\"]+")
@@ -83,7 +90,6 @@ _TRAILING = ".,;:!?'\"…»”’›"
 _CLOSING = {")": "(", "]": "[", "}": "{"}
 # A post made before its edition's nominal time cannot be its post; a minute for clock skew.
 _CLOCK_SKEW = timedelta(minutes=1)
-_HIDDEN = "**********"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,7 +138,9 @@ class BlueskyChannel(Channel):
         @field_validator("base_url")
         @classmethod
         def _http_address(cls, value: str) -> str:
-            return http_address(value)
+            return base_address(
+                value, query="must be the instance's address, without a query or fragment"
+            )
 
     options: Options
     kind: ClassVar[ChannelKind] = "post"
@@ -150,16 +158,9 @@ class BlueskyChannel(Channel):
         root: Path,
     ) -> None:
         super().__init__(name=name, options=options, secrets=secrets, root=root)
-        password = secrets.get("app_password")
-        if password is None:
-            # The configuration loader resolves app_password_env; only a caller bypassing it
-            # gets here.
-            raise ValueError(
-                f"channel {name!r}: no app password given for {self.options.app_password_env}"
-            )
-        self._password = password
+        self._password = required_secret(self, "app_password", "app password")
         self._origin = origin(self.options.base_url)
-        self._client: httpx.Client | None = None
+        self._http = ChannelClient(timeout=self.options.timeout, hide=self._hide)
         self._session: _Session | None = None
         self._session_lock = threading.RLock()
         self._unsure: set[str] = set()
@@ -168,13 +169,7 @@ class BlueskyChannel(Channel):
     @property
     def client(self) -> httpx.Client:
         """The channel's HTTP client, made on first use and kept until ``close``."""
-        if self._client is None:
-            self._client = httpx.Client(
-                headers={"User-Agent": USER_AGENT},
-                timeout=self.options.timeout,
-                follow_redirects=False,
-            )
-        return self._client
+        return self._http.get()
 
     def send(self, message: Message) -> DeliveryResult:
         key = delivery_key(message)
@@ -244,9 +239,7 @@ class BlueskyChannel(Channel):
         return None
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        self._http.close()
 
     # --- the session ---------------------------------------------------------------------
 
@@ -262,7 +255,7 @@ class BlueskyChannel(Channel):
             CREATE_SESSION,
             json={"identifier": self.options.handle, "password": self._password.reveal()},
         )
-        document = _json(response)
+        document = json_document(response.content)
         if response.status_code in {400, 401, 403}:
             raise CredentialsRefusedError(
                 f"{self._origin} refused the app password in {self._password.variable} for "
@@ -282,7 +275,7 @@ class BlueskyChannel(Channel):
             if self._session is not None and self._session.access != spent.access:
                 return self._session  # another thread renewed it meanwhile
             response = self._xrpc("POST", REFRESH_SESSION, token=spent.refresh)
-            renewed = _session(_json(response), spent.handle, did=spent.did)
+            renewed = _session(json_document(response.content), spent.handle, did=spent.did)
             if response.is_success and renewed is not None:
                 self._session = renewed
             elif response.status_code in {400, 401}:
@@ -298,7 +291,10 @@ class BlueskyChannel(Channel):
         """One call with the session's token; renewed and tried once more if it is spent."""
         session = self._ensure_session()
         response = self._xrpc(method, nsid, token=session.access, **request)
-        if response.status_code in {400, 401} and _error(_json(response)) in _SPENT_TOKEN:
+        if (
+            response.status_code in {400, 401}
+            and _error(json_document(response.content)) in _SPENT_TOKEN
+        ):
             session = self._refresh(session)
             response = self._xrpc(method, nsid, token=session.access, **request)
         return response
@@ -321,20 +317,13 @@ class BlueskyChannel(Channel):
             return self.client.request(
                 method, f"{self.options.base_url}/xrpc/{nsid}", headers=sent, **request
             )
-        except httpx.TimeoutException as exc:
-            raise TransientDeliveryError(
-                f"{self._origin} did not answer {nsid} within {self.options.timeout:g} s "
-                f"({exc.__class__.__name__})"
-            ) from exc
         except httpx.RequestError as exc:
-            raise TransientDeliveryError(
-                self._hide(f"cannot reach {self._origin}: {exc.__class__.__name__}: {exc}")
-            ) from exc
+            raise self._http.unreachable(exc, origin=self._origin, asking=nsid) from exc
 
     def _answer(self, response: httpx.Response, doing: str) -> dict[str, Any]:
         """The JSON object of a successful answer; else the error it means, raised."""
         status = response.status_code
-        document = _json(response)
+        document = json_document(response.content)
         if 200 <= status < 300:
             return document if isinstance(document, dict) else {}
         said = self._said(document, response, prefix=": ")
@@ -346,9 +335,7 @@ class BlueskyChannel(Channel):
         if status == 408 or status >= 500:
             raise TransientDeliveryError(
                 f"{self._origin} could not {doing} (HTTP {status}{said})",
-                retry_after=parse_retry_after(
-                    response.headers.get("retry-after"), datetime.now(UTC)
-                ),
+                retry_after=retry_after_wait(response.headers),
             )
         if status in {401, 403} or _error(document) in {"AuthenticationRequired", *_SPENT_TOKEN}:
             with self._session_lock:
@@ -371,7 +358,7 @@ class BlueskyChannel(Channel):
             text = ": ".join(parts)
         else:
             text = response.content[:1000].decode("utf-8", errors="replace")
-        text = " ".join(self._hide(text).split())[:EXCERPT_CHARS]
+        text = excerpt(self._hide(text))
         return prefix + text if text else ""
 
     def _hide(self, text: str) -> str:
@@ -379,9 +366,7 @@ class BlueskyChannel(Channel):
         secrets = [self._password.reveal()]
         if self._session is not None:
             secrets += [self._session.access, self._session.refresh]
-        for secret in secrets:
-            text = text.replace(secret, _HIDDEN)
-        return text
+        return hide(text, secrets)
 
     def _post_link(self, uri: str) -> str:
         session = self._session
@@ -530,13 +515,6 @@ def _session(document: Any, handle: str, *, did: str | None = None) -> _Session 
     return _Session(
         did=str(found_did), handle=str(found_handle), access=str(access), refresh=str(refresh)
     )
-
-
-def _json(response: httpx.Response) -> Any:
-    try:
-        return json.loads(response.content) if response.content.strip() else None
-    except ValueError:
-        return None
 
 
 def _error(document: Any) -> str | None:

@@ -36,20 +36,31 @@ log lines have it masked.
 from __future__ import annotations
 
 import json
-import logging
 import re
-import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlunsplit
 
 import httpx
 from pydantic import Field, field_validator
 
 from distributor.channels.base import Channel, ChannelKind, RateLimit
-from distributor.channels.http import parse_retry_after
+from distributor.channels.http import (
+    answered,
+    base_address,
+    hide,
+    id_text,
+    json_object,
+    origin,
+    required_secret,
+    retry_after_wait,
+    seconds,
+    web_link,
+    webhook_client,
+    webhook_secrets,
+    webhook_url,
+)
 from distributor.exceptions import (
     CredentialsRefusedError,
     PermanentDeliveryError,
@@ -58,13 +69,9 @@ from distributor.exceptions import (
 from distributor.models import DeliveryResult, Message, Secret
 from distributor.plugins import PluginOptions
 
-USER_AGENT = "distributor/0.1"
 MAX_CONTENT = 2000
 MAX_EMBED_TITLE = 256
 MAX_EMBED_DESCRIPTION = 4096
-MAX_ANSWER_BYTES = 64 * 1024
-EXCERPT_CHARS = 200
-_HIDDEN = "**********"
 # Where Discord's own link rule ends one: at a space or a "<".
 _URL = re.compile(r"https?://[^\s<]+")
 # Markdown, mentions (<@id>, <#id>, <t:...>) and masked links ([text](url)); a backslash
@@ -98,14 +105,7 @@ class DiscordChannel(Channel):
         @field_validator("base_url")
         @classmethod
         def _http_address(cls, value: str | None) -> str | None:
-            if value is None:
-                return None
-            reason = _web_address_problem(value)
-            if reason:
-                raise ValueError(reason)
-            if urlsplit(value).query or urlsplit(value).fragment:
-                raise ValueError("must not have a query or a fragment")
-            return value.rstrip("/")
+            return None if value is None else base_address(value, spaces=False)
 
     options: Options
     kind: ClassVar[ChannelKind] = "post"
@@ -123,44 +123,21 @@ class DiscordChannel(Channel):
         root: Path,
     ) -> None:
         super().__init__(name=name, options=options, secrets=secrets, root=root)
-        webhook = secrets.get("webhook_url")
-        if webhook is None:
-            # The configuration loader resolves webhook_url_env; only a caller bypassing it
-            # gets here.
-            raise ValueError(
-                f"channel {name!r}: no webhook URL given for {self.options.webhook_url_env}"
-            )
-        self._webhook = webhook
-        self._client: httpx.Client | None = None
-        self._log_filter = _HideInLogs(_secret_parts(webhook.reveal()))
+        self._webhook = required_secret(self, "webhook_url", "webhook URL")
+        self._http = webhook_client(self._webhook, timeout=self.options.timeout, hide=self._hide)
 
     @property
     def client(self) -> httpx.Client:
         """The channel's HTTP client, made on the first send and kept until ``close``."""
-        if self._client is None:
-            self._client = httpx.Client(
-                headers={"User-Agent": USER_AGENT},
-                timeout=self.options.timeout,
-                follow_redirects=False,
-            )
-            # httpx logs each request's address, which holds the webhook's token.
-            logging.getLogger("httpx").addFilter(self._log_filter)
-        return self._client
+        return self._http.get()
 
     def target(self) -> str:
         """The address each post goes to: the webhook, ``base_url`` applied, ``wait=true``."""
-        value = self._webhook.reveal().strip()
-        if _web_address_problem(value):
-            raise CredentialsRefusedError(
-                f"{self._webhook.variable} does not hold a webhook URL (https://discord.com/"
-                "api/webhooks/<id>/<token>); copy it from the channel's Integrations settings"
-            )
-        parts = urlsplit(value)
-        if self.options.base_url:
-            base = urlsplit(self.options.base_url)
-            parts = parts._replace(
-                scheme=base.scheme, netloc=base.netloc, path=base.path + parts.path
-            )
+        refused = (
+            f"{self._webhook.variable} does not hold a webhook URL (https://discord.com/"
+            "api/webhooks/<id>/<token>); copy it from the channel's Integrations settings"
+        )
+        parts = webhook_url(self._webhook, self.options.base_url, refused=refused)
         query = "&".join(
             [item for item in parts.query.split("&") if item and not item.startswith("wait=")]
             + ["wait=true"]
@@ -169,7 +146,7 @@ class DiscordChannel(Channel):
 
     def body(self, message: Message) -> dict[str, Any]:
         """The JSON document that executes the webhook for ``message``."""
-        link = _web_link(message.payload.get("url"))
+        link = web_link(message.payload.get("url"))
         card = self._card(message, link) if self.options.embed else None
         document: dict[str, Any] = {
             # A card shows the article, so its link in the text gets no second one.
@@ -191,8 +168,8 @@ class DiscordChannel(Channel):
                 f"the post is {length} characters long once escaped; Discord takes at most "
                 f"{MAX_CONTENT}"
             )
-        status, headers, answer = self._post(target, document)
-        return self._outcome(status, headers, answer)
+        response, answer = self._http.stream("POST", target, origin=self._origin, json=document)
+        return self._outcome(response.status_code, response.headers, answer)
 
     def confirm(self, message: Message) -> DeliveryResult | None:
         """None: a webhook can look a message up only by the id a crash lost, so the engine
@@ -200,16 +177,11 @@ class DiscordChannel(Channel):
         return None
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-            logging.getLogger("httpx").removeFilter(self._log_filter)
+        self._http.close()
 
     @property
     def _origin(self) -> str:
-        if self.options.base_url:
-            return _origin(self.options.base_url)
-        return _origin(self._webhook.reveal().strip())
+        return origin(self.options.base_url or self._webhook.reveal().strip())
 
     def _card(self, message: Message, link: str | None) -> dict[str, Any] | None:
         title = message.payload.get("title")
@@ -222,43 +194,13 @@ class DiscordChannel(Channel):
         description = message.payload.get("description")
         if isinstance(description, str) and description.strip():
             card["description"] = _cut(discord_text(description, None), MAX_EMBED_DESCRIPTION)
-        image = _web_link(message.payload.get("image"))
+        image = web_link(message.payload.get("image"))
         if image:
             card["image"] = {"url": image}
         return card
 
-    def _post(self, url: str, document: dict[str, Any]) -> tuple[int, httpx.Headers, bytes]:
-        try:
-            with self.client.stream("POST", url, json=document) as response:
-                return response.status_code, response.headers, self._read(response)
-        except httpx.TimeoutException as exc:
-            raise TransientDeliveryError(
-                f"{self._origin} did not answer within {self.options.timeout:g} s "
-                f"({exc.__class__.__name__}); the post may have gone out"
-            ) from exc
-        except httpx.RequestError as exc:  # refused, reset, a broken answer, a TLS failure
-            raise TransientDeliveryError(
-                self._hide(f"cannot reach {self._origin}: {exc.__class__.__name__}: {exc}")
-            ) from exc
-
-    def _read(self, response: httpx.Response) -> bytes:
-        """The start of the answer. The status is what counts, so an answer that breaks off
-        after it does not turn a sent post into a failed one."""
-        chunks: list[bytes] = []
-        size = 0
-        deadline = time.monotonic() + self.options.timeout
-        try:
-            for chunk in response.iter_bytes():
-                chunks.append(chunk)
-                size += len(chunk)
-                if size >= MAX_ANSWER_BYTES or time.monotonic() > deadline:
-                    break
-        except httpx.HTTPError:
-            pass
-        return b"".join(chunks)[:MAX_ANSWER_BYTES]
-
     def _outcome(self, status: int, headers: httpx.Headers, answer: bytes) -> DeliveryResult:
-        document = _json_object(answer)
+        document = json_object(answer)
         if 200 <= status < 300:
             return _delivered(document)
         said = self._said(status, document, answer)
@@ -269,8 +211,7 @@ class DiscordChannel(Channel):
                 retry_after=_rate_limit_wait(document, headers),
             )
         if status >= 500:
-            retry_after = parse_retry_after(headers.get("retry-after"), datetime.now(UTC))
-            raise TransientDeliveryError(said, retry_after=retry_after)
+            raise TransientDeliveryError(said, retry_after=retry_after_wait(headers))
         if status in {401, 403, 404}:
             raise CredentialsRefusedError(
                 f"{said}: the webhook in {self._webhook.variable} was deleted or its token "
@@ -291,14 +232,11 @@ class DiscordChannel(Channel):
                 text += f" (code {document['code']})"
             if document.get("errors"):
                 text += " " + json.dumps(document["errors"], ensure_ascii=False)
-        excerpt = " ".join(self._hide(text).split())[:EXCERPT_CHARS]
-        return f"{self._origin} answered HTTP {status}" + (f": {excerpt}" if excerpt else "")
+        return answered(self._origin, status, self._hide(text))
 
     def _hide(self, text: str) -> str:
         """``text`` without the webhook's address or token, should Discord or httpx echo it."""
-        for secret in _secret_parts(self._webhook.reveal()):
-            text = text.replace(secret, _HIDDEN)
-        return text
+        return hide(text, webhook_secrets(self._webhook.reveal()))
 
 
 def discord_text(text: str, unfurled: str | None) -> str:
@@ -333,8 +271,8 @@ def _delivered(document: dict[str, Any] | None) -> DeliveryResult:
     the server, its jump link."""
     if document is None:
         return DeliveryResult()
-    found = document.get("id")
-    if not isinstance(found, str | int) or isinstance(found, bool) or not str(found):
+    found = id_text(document.get("id"))
+    if found is None:
         return DeliveryResult()
     guild, channel = document.get("guild_id"), document.get("channel_id")
     detail = None
@@ -345,16 +283,15 @@ def _delivered(document: dict[str, Any] | None) -> DeliveryResult:
         and channel.isdigit()
     ):
         detail = f"https://discord.com/channels/{guild}/{channel}/{found}"
-    return DeliveryResult(remote_id=str(found), detail=detail)
+    return DeliveryResult(remote_id=found, detail=detail)
 
 
 def _rate_limit_wait(document: dict[str, Any] | None, headers: httpx.Headers) -> float | None:
     """Seconds Discord asks to wait: the answer's ``retry_after`` (a float), else the
     ``X-RateLimit-Reset-After`` header, else ``Retry-After`` (a proxy's or Cloudflare's)."""
-    if document is not None:
-        wait = document.get("retry_after")
-        if isinstance(wait, int | float) and not isinstance(wait, bool) and wait >= 0:
-            return float(wait)
+    wait = seconds(document.get("retry_after")) if document is not None else None
+    if wait is not None:
+        return wait
     reset_after = headers.get("x-ratelimit-reset-after")
     if reset_after is not None:
         try:
@@ -363,76 +300,4 @@ def _rate_limit_wait(document: dict[str, Any] | None, headers: httpx.Headers) ->
             wait = -1.0
         if 0 <= wait < float("inf"):
             return wait
-    return parse_retry_after(headers.get("retry-after"), datetime.now(UTC))
-
-
-class _HideInLogs(logging.Filter):
-    """Masks secrets in log records (httpx logs the address of every request)."""
-
-    def __init__(self, secrets: list[str]) -> None:
-        super().__init__()
-        self._secrets = secrets
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        if any(secret in text for secret in self._secrets):
-            for secret in self._secrets:
-                text = text.replace(secret, _HIDDEN)
-            record.msg = text
-            record.args = ()
-        return True
-
-
-def _secret_parts(webhook: str) -> list[str]:
-    """What of a webhook URL must never show: the whole of it and its path (which holds the
-    token), longest first so the whole is masked before its parts."""
-    value = webhook.strip()
-    parts = [value]
-    try:
-        path = urlsplit(value).path.strip("/")
-    except ValueError:
-        path = ""
-    if path:
-        parts.append(path)
-        token = path.rsplit("/", 1)[-1]
-        if len(token) >= 8:
-            parts.append(token)
-    return [part for part in parts if part]
-
-
-def _web_address_problem(value: str) -> str | None:
-    try:
-        parts = urlsplit(value)
-        _ = parts.port  # raises ValueError for a port out of range
-    except ValueError as exc:
-        return f"not a valid address: {exc}"
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
-        return "must be an http:// or https:// address with a host"
-    if any(c.isspace() for c in value):
-        return "must not contain spaces"
-    return None
-
-
-def _web_link(value: object) -> str | None:
-    """``value`` if it is an http(s) address to link to, else None."""
-    if not isinstance(value, str) or _web_address_problem(value):
-        return None
-    return value
-
-
-def _origin(url: str) -> str:
-    """scheme://host[:port] of ``url``, without the path that holds the token."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port is not None else ""
-    return f"{parts.scheme}://{host}{port}"
-
-
-def _json_object(answer: bytes) -> dict[str, Any] | None:
-    try:
-        document = json.loads(answer) if answer.strip() else None
-    except ValueError:
-        return None
-    return document if isinstance(document, dict) else None
+    return retry_after_wait(headers)

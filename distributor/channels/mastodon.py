@@ -34,21 +34,32 @@ Errors name the instance by its origin only, and never hold the token.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal
-from urllib.parse import urlsplit
 
 import httpx
 from pydantic import Field, field_validator
 
 from distributor.channels.base import Channel, ChannelKind, RateLimit
-from distributor.channels.http import parse_retry_after
-from distributor.channels.webhook import IDEMPOTENCY_HEADER, USER_AGENT, delivery_key
+from distributor.channels.http import (
+    IDEMPOTENCY_HEADER,
+    ChannelClient,
+    base_address,
+    delivery_key,
+    excerpt,
+    hide,
+    id_text,
+    json_document,
+    origin,
+    parse_retry_after,
+    required_secret,
+    retry_after_wait,
+    wait_until,
+)
 from distributor.exceptions import (
     CredentialsRefusedError,
     PermanentDeliveryError,
@@ -61,8 +72,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_CHARACTERS = 500
 DEFAULT_URL_LENGTH = 23
-EXCERPT_CHARS = 200
-_HIDDEN = "**********"
 
 
 class MastodonChannel(Channel):
@@ -95,7 +104,9 @@ class MastodonChannel(Channel):
         @field_validator("base_url")
         @classmethod
         def _http_address(cls, value: str) -> str:
-            return http_address(value)
+            return base_address(
+                value, query="must be the instance's address, without a query or fragment"
+            )
 
     options: Options
     kind: ClassVar[ChannelKind] = "post"
@@ -113,30 +124,16 @@ class MastodonChannel(Channel):
         root: Path,
     ) -> None:
         super().__init__(name=name, options=options, secrets=secrets, root=root)
-        token = secrets.get("access_token")
-        if token is None:
-            # The configuration loader resolves access_token_env; only a caller bypassing it
-            # gets here.
-            raise ValueError(
-                f"channel {name!r}: no access token given for {self.options.access_token_env}"
-            )
-        self._token = token
+        self._token = required_secret(self, "access_token", "access token")
         self._origin = origin(self.options.base_url)
-        self._client: httpx.Client | None = None
+        self._http = ChannelClient(timeout=self.options.timeout, hide=self._hide)
         self._instance: tuple[int, int] | None = None
         self._instance_lock = threading.Lock()
 
     @property
     def client(self) -> httpx.Client:
         """The channel's HTTP client, made on first use and kept until ``close``."""
-        if self._client is None:
-            self._client = httpx.Client(
-                headers={"User-Agent": USER_AGENT},
-                timeout=self.options.timeout,
-                # httpx would turn a redirected POST into a GET without the body.
-                follow_redirects=False,
-            )
-        return self._client
+        return self._http.get()
 
     @property
     def length_limit(self) -> int:
@@ -162,9 +159,7 @@ class MastodonChannel(Channel):
         return self._post(message)
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        self._http.close()
 
     def _post(self, message: Message) -> DeliveryResult:
         document: dict[str, Any] = {"status": message.text, "visibility": self.options.visibility}
@@ -178,27 +173,20 @@ class MastodonChannel(Channel):
             response = self.client.post(
                 self.options.base_url + "/api/v1/statuses", json=document, headers=headers
             )
-        except httpx.TimeoutException as exc:
-            raise TransientDeliveryError(
-                f"{self._origin} did not answer within {self.options.timeout:g} s "
-                f"({exc.__class__.__name__})"
-            ) from exc
         except httpx.RequestError as exc:
-            raise TransientDeliveryError(
-                self._hide(f"cannot reach {self._origin}: {exc.__class__.__name__}: {exc}")
-            ) from exc
+            raise self._http.unreachable(exc, origin=self._origin) from exc
         return self._outcome(response)
 
     def _outcome(self, response: httpx.Response) -> DeliveryResult:
         status = response.status_code
-        document = _json(response)
+        document = json_document(response.content)
         if 200 <= status < 300:
-            if not isinstance(document, dict) or not _text(document.get("id")):
+            if not isinstance(document, dict) or not id_text(document.get("id")):
                 # The instance took the post but said nothing readable about it.
                 log.warning("%s: status posted, but the answer carries no id", self.name)
                 return DeliveryResult(remote_id=None)
-            url = _text(document.get("url")) or _text(document.get("uri"))
-            return DeliveryResult(remote_id=_text(document.get("id")), detail=url)
+            url = id_text(document.get("url")) or id_text(document.get("uri"))
+            return DeliveryResult(remote_id=id_text(document.get("id")), detail=url)
         error = self._hide(_error_text(document, response))
         if status == 429:
             raise TransientDeliveryError(
@@ -207,10 +195,7 @@ class MastodonChannel(Channel):
             )
         if status == 408 or status >= 500:
             raise TransientDeliveryError(
-                self._answered(status, error),
-                retry_after=parse_retry_after(
-                    response.headers.get("retry-after"), datetime.now(UTC)
-                ),
+                self._answered(status, error), retry_after=retry_after_wait(response.headers)
             )
         if status in {401, 403}:
             raise CredentialsRefusedError(
@@ -248,7 +233,7 @@ class MastodonChannel(Channel):
                 DEFAULT_MAX_CHARACTERS,
             )
             return defaults
-        document = _json(response) if response.is_success else None
+        document = json_document(response.content) if response.is_success else None
         statuses: Any = None
         if isinstance(document, dict):
             configuration = document.get("configuration")
@@ -273,31 +258,7 @@ class MastodonChannel(Channel):
 
     def _hide(self, text: str) -> str:
         """``text`` without the token, should the instance or a library echo it."""
-        return text.replace(self._token.reveal(), _HIDDEN)
-
-
-def http_address(value: str) -> str:
-    """``value`` if it is an http(s) address with a host, without a trailing slash."""
-    try:
-        parts = urlsplit(value)
-        _ = parts.port  # raises ValueError for a port out of range
-    except ValueError as exc:
-        raise ValueError(f"not a valid address: {exc}") from None
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise ValueError("must be an http:// or https:// address with a host")
-    if parts.query or parts.fragment:
-        raise ValueError("must be the instance's address, without a query or fragment")
-    return value.rstrip("/")
-
-
-def origin(url: str) -> str:
-    """scheme://host[:port] of ``url``, for errors."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port is not None else ""
-    return f"{parts.scheme}://{host}{port}"
+        return hide(text, [self._token.reveal()])
 
 
 def rate_limit_wait(headers: httpx.Headers, now: datetime) -> float | None:
@@ -315,20 +276,7 @@ def rate_limit_wait(headers: httpx.Headers, now: datetime) -> float | None:
         return None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return max(0.0, (moment - now).total_seconds())
-
-
-def _json(response: httpx.Response) -> Any:
-    try:
-        return json.loads(response.content) if response.content.strip() else None
-    except ValueError:
-        return None
-
-
-def _text(value: Any) -> str | None:
-    if isinstance(value, str | int) and not isinstance(value, bool) and str(value):
-        return str(value)
-    return None
+    return wait_until(moment, now)
 
 
 def _positive(value: Any, default: int) -> int:
@@ -343,4 +291,4 @@ def _error_text(document: Any, response: httpx.Response) -> str:
         text = document["error"]
     else:
         text = response.content[:1000].decode("utf-8", errors="replace")
-    return " ".join(text.split())[:EXCERPT_CHARS]
+    return excerpt(text)

@@ -37,20 +37,28 @@ log lines have it masked.
 
 from __future__ import annotations
 
-import logging
 import re
-import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlunsplit
 
 import httpx
 from pydantic import Field, field_validator
 
 from distributor.channels.base import Channel, ChannelKind, RateLimit
-from distributor.channels.http import parse_retry_after
+from distributor.channels.http import (
+    answered,
+    base_address,
+    hide,
+    origin,
+    required_secret,
+    retry_after_wait,
+    web_link,
+    webhook_client,
+    webhook_secrets,
+    webhook_url,
+)
 from distributor.exceptions import (
     CredentialsRefusedError,
     PermanentDeliveryError,
@@ -59,14 +67,10 @@ from distributor.exceptions import (
 from distributor.models import DeliveryResult, Message, Secret
 from distributor.plugins import PluginOptions
 
-USER_AGENT = "distributor/0.1"
 MAX_BLOCK_TEXT = 3000
 MAX_ALT_TEXT = 2000
 MAX_IMAGE_URL = 3000
-MAX_ANSWER_BYTES = 64 * 1024
-EXCERPT_CHARS = 200
 NO_ID = "Slack gives webhook posts no id"
-_HIDDEN = "**********"
 
 
 class SlackChannel(Channel):
@@ -93,14 +97,7 @@ class SlackChannel(Channel):
         @field_validator("base_url")
         @classmethod
         def _http_address(cls, value: str | None) -> str | None:
-            if value is None:
-                return None
-            reason = _web_address_problem(value)
-            if reason:
-                raise ValueError(reason)
-            if urlsplit(value).query or urlsplit(value).fragment:
-                raise ValueError("must not have a query or a fragment")
-            return value.rstrip("/")
+            return None if value is None else base_address(value, spaces=False)
 
     options: Options
     kind: ClassVar[ChannelKind] = "post"
@@ -118,49 +115,26 @@ class SlackChannel(Channel):
         root: Path,
     ) -> None:
         super().__init__(name=name, options=options, secrets=secrets, root=root)
-        webhook = secrets.get("webhook_url")
-        if webhook is None:
-            # The configuration loader resolves webhook_url_env; only a caller bypassing it
-            # gets here.
-            raise ValueError(
-                f"channel {name!r}: no webhook URL given for {self.options.webhook_url_env}"
-            )
-        self._webhook = webhook
-        self._client: httpx.Client | None = None
-        self._log_filter = _HideInLogs(_secret_parts(webhook.reveal()))
+        self._webhook = required_secret(self, "webhook_url", "webhook URL")
+        self._http = webhook_client(self._webhook, timeout=self.options.timeout, hide=self._hide)
 
     @property
     def client(self) -> httpx.Client:
         """The channel's HTTP client, made on the first send and kept until ``close``."""
-        if self._client is None:
-            self._client = httpx.Client(
-                headers={"User-Agent": USER_AGENT},
-                timeout=self.options.timeout,
-                follow_redirects=False,
-            )
-            # httpx logs each request's address, which holds the webhook's token.
-            logging.getLogger("httpx").addFilter(self._log_filter)
-        return self._client
+        return self._http.get()
 
     def target(self) -> str:
         """The address each post goes to: the webhook, with ``base_url`` applied."""
-        value = self._webhook.reveal().strip()
-        if _web_address_problem(value):
-            raise CredentialsRefusedError(
-                f"{self._webhook.variable} does not hold a webhook URL (https://hooks.slack.com/"
-                "services/...); copy it from the Slack app's Incoming Webhooks page"
-            )
-        parts = urlsplit(value)
-        if self.options.base_url:
-            base = urlsplit(self.options.base_url)
-            parts = parts._replace(
-                scheme=base.scheme, netloc=base.netloc, path=base.path + parts.path
-            )
+        refused = (
+            f"{self._webhook.variable} does not hold a webhook URL (https://hooks.slack.com/"
+            "services/...); copy it from the Slack app's Incoming Webhooks page"
+        )
+        parts = webhook_url(self._webhook, self.options.base_url, refused=refused)
         return urlunsplit(parts._replace(fragment=""))
 
     def body(self, message: Message, *, image: bool = True) -> dict[str, Any]:
         """The JSON document posted for ``message``; ``image=False`` leaves the image out."""
-        link = _web_link(message.payload.get("url"))
+        link = web_link(message.payload.get("url"))
         raw_title = message.payload.get("title")
         title = " ".join(raw_title.split()) if isinstance(raw_title, str) else ""
         text = slack_mrkdwn(message.text, link, title)
@@ -168,7 +142,7 @@ class SlackChannel(Channel):
             text = slack_mrkdwn(message.text, link, "")
         section: dict[str, Any] = {"type": "section", "text": {"type": "mrkdwn", "text": text}}
         blocks: list[dict[str, Any]] = [section]
-        picture = _web_link(message.payload.get("image")) if image else None
+        picture = web_link(message.payload.get("image")) if image else None
         if picture and len(picture) <= MAX_IMAGE_URL and self.options.image != "none":
             element = {
                 "type": "image",
@@ -207,53 +181,21 @@ class SlackChannel(Channel):
         return None
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-            logging.getLogger("httpx").removeFilter(self._log_filter)
+        self._http.close()
 
     @property
     def _origin(self) -> str:
-        if self.options.base_url:
-            return _origin(self.options.base_url)
-        return _origin(self._webhook.reveal().strip())
+        return origin(self.options.base_url or self._webhook.reveal().strip())
 
     def _post(self, url: str, document: dict[str, Any]) -> tuple[int, httpx.Headers, str]:
-        try:
-            with self.client.stream("POST", url, json=document) as response:
-                return response.status_code, response.headers, self._read(response)
-        except httpx.TimeoutException as exc:
-            raise TransientDeliveryError(
-                f"{self._origin} did not answer within {self.options.timeout:g} s "
-                f"({exc.__class__.__name__}); the post may have gone out"
-            ) from exc
-        except httpx.RequestError as exc:  # refused, reset, a broken answer, a TLS failure
-            raise TransientDeliveryError(
-                self._hide(f"cannot reach {self._origin}: {exc.__class__.__name__}: {exc}")
-            ) from exc
-
-    def _read(self, response: httpx.Response) -> str:
-        """The start of the answer. The status is what counts, so an answer that breaks off
-        after it does not turn a sent post into a failed one."""
-        chunks: list[bytes] = []
-        size = 0
-        deadline = time.monotonic() + self.options.timeout
-        try:
-            for chunk in response.iter_bytes():
-                chunks.append(chunk)
-                size += len(chunk)
-                if size >= MAX_ANSWER_BYTES or time.monotonic() > deadline:
-                    break
-        except httpx.HTTPError:
-            pass
-        return b"".join(chunks)[:MAX_ANSWER_BYTES].decode("utf-8", errors="replace")
+        response, answer = self._http.stream("POST", url, origin=self._origin, json=document)
+        return response.status_code, response.headers, answer.decode("utf-8", errors="replace")
 
     def _outcome(self, status: int, headers: httpx.Headers, answer: str) -> DeliveryResult:
         if 200 <= status < 300:
             return DeliveryResult(detail=NO_ID)
-        excerpt = " ".join(self._hide(answer).split())[:EXCERPT_CHARS]
-        said = f"{self._origin} answered HTTP {status}" + (f": {excerpt}" if excerpt else "")
-        retry_after = parse_retry_after(headers.get("retry-after"), datetime.now(UTC))
+        said = answered(self._origin, status, self._hide(answer))
+        retry_after = retry_after_wait(headers)
         if status == 429:
             raise TransientDeliveryError(
                 f"Slack is limiting the webhook: {said}", retry_after=retry_after
@@ -275,9 +217,7 @@ class SlackChannel(Channel):
 
     def _hide(self, text: str) -> str:
         """``text`` without the webhook's address or token, should Slack or httpx echo it."""
-        for secret in _secret_parts(self._webhook.reveal()):
-            text = text.replace(secret, _HIDDEN)
-        return text
+        return hide(text, webhook_secrets(self._webhook.reveal()))
 
 
 def slack_escape(text: str) -> str:
@@ -302,67 +242,3 @@ def slack_mrkdwn(text: str, link: str | None, title: str) -> str:
 def _has_image(document: dict[str, Any]) -> bool:
     blocks = document["blocks"]
     return "accessory" in blocks[0] or len(blocks) > 1
-
-
-class _HideInLogs(logging.Filter):
-    """Masks secrets in log records (httpx logs the address of every request)."""
-
-    def __init__(self, secrets: list[str]) -> None:
-        super().__init__()
-        self._secrets = secrets
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        if any(secret in text for secret in self._secrets):
-            for secret in self._secrets:
-                text = text.replace(secret, _HIDDEN)
-            record.msg = text
-            record.args = ()
-        return True
-
-
-def _secret_parts(webhook: str) -> list[str]:
-    """What of a webhook URL must never show: the whole of it and its path (which holds the
-    token), longest first so the whole is masked before its parts."""
-    value = webhook.strip()
-    parts = [value]
-    try:
-        path = urlsplit(value).path.strip("/")
-    except ValueError:
-        path = ""
-    if path:
-        parts.append(path)
-        token = path.rsplit("/", 1)[-1]
-        if len(token) >= 8:
-            parts.append(token)
-    return [part for part in parts if part]
-
-
-def _web_address_problem(value: str) -> str | None:
-    try:
-        parts = urlsplit(value)
-        _ = parts.port  # raises ValueError for a port out of range
-    except ValueError as exc:
-        return f"not a valid address: {exc}"
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
-        return "must be an http:// or https:// address with a host"
-    if any(c.isspace() for c in value):
-        return "must not contain spaces"
-    return None
-
-
-def _web_link(value: object) -> str | None:
-    """``value`` if it is an http(s) address to link to, else None."""
-    if not isinstance(value, str) or _web_address_problem(value):
-        return None
-    return value
-
-
-def _origin(url: str) -> str:
-    """scheme://host[:port] of ``url``, without the path that holds the token."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port is not None else ""
-    return f"{parts.scheme}://{host}{port}"

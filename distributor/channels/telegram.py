@@ -34,12 +34,8 @@ never show the token, and httpx's request log lines have it masked.
 from __future__ import annotations
 
 import html
-import json
-import logging
 import re
-import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -48,7 +44,18 @@ import httpx
 from pydantic import Field, field_validator
 
 from distributor.channels.base import Channel, ChannelKind, RateLimit
-from distributor.channels.http import parse_retry_after
+from distributor.channels.http import (
+    MAY_HAVE_GONE_OUT,
+    ChannelClient,
+    answered,
+    base_address,
+    hide,
+    json_object,
+    origin,
+    required_secret,
+    retry_after_wait,
+    seconds,
+)
 from distributor.exceptions import (
     CredentialsRefusedError,
     PermanentDeliveryError,
@@ -57,11 +64,7 @@ from distributor.exceptions import (
 from distributor.models import DeliveryResult, Message, Secret
 from distributor.plugins import PluginOptions
 
-USER_AGENT = "distributor/0.1"
 MAX_TEXT = 4096
-MAX_ANSWER_BYTES = 64 * 1024
-EXCERPT_CHARS = 200
-_HIDDEN = "**********"
 _TOKEN = re.compile(r"\d+:[A-Za-z0-9_-]+")
 _CHANNEL_NAME = re.compile(r"@[A-Za-z][A-Za-z0-9_]{3,}")
 _CHAT_NUMBER = re.compile(r"-?\d+")
@@ -105,7 +108,7 @@ class TelegramChannel(Channel):
         @field_validator("base_url")
         @classmethod
         def _http_address(cls, value: str) -> str:
-            return _web_base(value)
+            return base_address(value)
 
     options: Options
     kind: ClassVar[ChannelKind] = "post"
@@ -124,29 +127,20 @@ class TelegramChannel(Channel):
         root: Path,
     ) -> None:
         super().__init__(name=name, options=options, secrets=secrets, root=root)
-        token = secrets.get("bot_token")
-        if token is None:
-            # The configuration loader resolves bot_token_env; only a caller bypassing it gets here.
-            raise ValueError(
-                f"channel {name!r}: no bot token given for {self.options.bot_token_env}"
-            )
-        self._token = token
-        self._origin = _origin(self.options.base_url)
-        self._client: httpx.Client | None = None
-        self._log_filter = _HideInLogs(token.reveal())
+        self._token = required_secret(self, "bot_token", "bot token")
+        self._origin = origin(self.options.base_url)
+        # httpx logs each request's address, which holds the token.
+        self._http = ChannelClient(
+            timeout=self.options.timeout,
+            hide=self._hide,
+            hidden_in_logs=[self._token.reveal()],
+            timed_out=MAY_HAVE_GONE_OUT,
+        )
 
     @property
     def client(self) -> httpx.Client:
         """The channel's HTTP client, made on the first send and kept until ``close``."""
-        if self._client is None:
-            self._client = httpx.Client(
-                headers={"User-Agent": USER_AGENT},
-                timeout=self.options.timeout,
-                follow_redirects=False,
-            )
-            # httpx logs each request's address, which holds the token.
-            logging.getLogger("httpx").addFilter(self._log_filter)
-        return self._client
+        return self._http.get()
 
     def body(self, message: Message) -> dict[str, Any]:
         """The sendMessage parameters for ``message``."""
@@ -179,8 +173,10 @@ class TelegramChannel(Channel):
                 "copy the token @BotFather gave"
             )
         url = f"{self.options.base_url}/bot{token}/sendMessage"
-        status, headers, answer = self._post(url, self.body(message))
-        return self._outcome(status, headers, answer)
+        response, answer = self._http.stream(
+            "POST", url, origin=self._origin, json=self.body(message)
+        )
+        return self._outcome(response.status_code, response.headers, answer)
 
     def confirm(self, message: Message) -> DeliveryResult | None:
         """None: the Bot API cannot list or look up the messages a bot sent, so the engine
@@ -188,43 +184,10 @@ class TelegramChannel(Channel):
         return None
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-            logging.getLogger("httpx").removeFilter(self._log_filter)
-
-    def _post(self, url: str, document: dict[str, Any]) -> tuple[int, httpx.Headers, bytes]:
-        try:
-            with self.client.stream("POST", url, json=document) as response:
-                return response.status_code, response.headers, self._read(response)
-        except httpx.TimeoutException as exc:
-            raise TransientDeliveryError(
-                f"{self._origin} did not answer within {self.options.timeout:g} s "
-                f"({exc.__class__.__name__}); the post may have gone out"
-            ) from exc
-        except httpx.RequestError as exc:  # refused, reset, a broken answer, a TLS failure
-            raise TransientDeliveryError(
-                self._hide(f"cannot reach {self._origin}: {exc.__class__.__name__}: {exc}")
-            ) from exc
-
-    def _read(self, response: httpx.Response) -> bytes:
-        """The start of the answer. The status is what counts, so an answer that breaks off
-        after it does not turn a sent post into a failed one."""
-        chunks: list[bytes] = []
-        size = 0
-        deadline = time.monotonic() + self.options.timeout
-        try:
-            for chunk in response.iter_bytes():
-                chunks.append(chunk)
-                size += len(chunk)
-                if size >= MAX_ANSWER_BYTES or time.monotonic() > deadline:
-                    break
-        except httpx.HTTPError:
-            pass
-        return b"".join(chunks)[:MAX_ANSWER_BYTES]
+        self._http.close()
 
     def _outcome(self, status: int, headers: httpx.Headers, answer: bytes) -> DeliveryResult:
-        document = _json_object(answer)
+        document = json_object(answer)
         if 200 <= status < 300 and document is not None and document.get("ok") is True:
             return self._delivered(document.get("result"))
         if 200 <= status < 300 and (document is None or "error_code" not in document):
@@ -246,18 +209,14 @@ class TelegramChannel(Channel):
             description = answer.decode("utf-8", errors="replace")
         said = self._said(code, description)
         if code == 429 or status == 429:
-            wait = parameters.get("retry_after")
-            retry_after = (
-                float(wait)
-                if isinstance(wait, int | float) and not isinstance(wait, bool) and wait >= 0
-                else parse_retry_after(headers.get("retry-after"), datetime.now(UTC))
-            )
+            retry_after = seconds(parameters.get("retry_after"))
+            if retry_after is None:
+                retry_after = retry_after_wait(headers)
             raise TransientDeliveryError(
                 f"Telegram is limiting the bot: {said}", retry_after=retry_after
             )
         if code >= 500 or status >= 500:
-            retry_after = parse_retry_after(headers.get("retry-after"), datetime.now(UTC))
-            raise TransientDeliveryError(said, retry_after=retry_after)
+            raise TransientDeliveryError(said, retry_after=retry_after_wait(headers))
         variable = self._token.variable
         if code in {401, 404}:
             raise CredentialsRefusedError(
@@ -292,12 +251,11 @@ class TelegramChannel(Channel):
         )
 
     def _said(self, code: int, description: str) -> str:
-        excerpt = " ".join(self._hide(description).split())[:EXCERPT_CHARS]
-        return f"{self._origin} answered HTTP {code}" + (f": {excerpt}" if excerpt else "")
+        return answered(self._origin, code, self._hide(description))
 
     def _hide(self, text: str) -> str:
         """``text`` without the token, should a server or a library echo it."""
-        return text.replace(self._token.reveal(), _HIDDEN)
+        return hide(text, [self._token.reveal()])
 
 
 def telegram_html(text: str, link: str | None) -> str:
@@ -324,34 +282,6 @@ def post_link(chat_id: int | str, message_id: int, username: object = None) -> s
     return None
 
 
-class _HideInLogs(logging.Filter):
-    """Masks a secret in log records (httpx logs the address of every request)."""
-
-    def __init__(self, secret: str) -> None:
-        super().__init__()
-        self._secret = secret
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        if self._secret in text:
-            record.msg = text.replace(self._secret, _HIDDEN)
-            record.args = ()
-        return True
-
-
-def _web_base(value: str) -> str:
-    try:
-        parts = urlsplit(value)
-        _ = parts.port  # raises ValueError for a port out of range
-    except ValueError as exc:
-        raise ValueError(f"not a valid address: {exc}") from None
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise ValueError("must be an http:// or https:// address with a host")
-    if parts.query or parts.fragment:
-        raise ValueError("must not have a query or a fragment")
-    return value.rstrip("/")
-
-
 def _web_link(value: object) -> str | None:
     """``value`` if it is an http(s) address to link to, else None."""
     if not isinstance(value, str) or any(c.isspace() for c in value):
@@ -361,21 +291,3 @@ def _web_link(value: object) -> str | None:
     except ValueError:
         return None
     return value if parts.scheme in {"http", "https"} and parts.hostname else None
-
-
-def _origin(url: str) -> str:
-    """scheme://host[:port] of ``url``, without a path that may hold a token."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port is not None else ""
-    return f"{parts.scheme}://{host}{port}"
-
-
-def _json_object(answer: bytes) -> dict[str, Any] | None:
-    try:
-        document = json.loads(answer) if answer.strip() else None
-    except ValueError:
-        return None
-    return document if isinstance(document, dict) else None

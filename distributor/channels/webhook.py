@@ -46,24 +46,32 @@ import json
 import re
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
 
 import httpx
 from pydantic import Field, field_validator
 
 from distributor.channels.base import Channel, ChannelKind
-from distributor.channels.http import parse_retry_after
+from distributor.channels.http import (
+    IDEMPOTENCY_HEADER,
+    ChannelClient,
+    address_problem,
+    answered,
+    delivery_key,
+    hide,
+    id_text,
+    json_document,
+    origin,
+    required_secret,
+    retry_after_wait,
+)
 from distributor.exceptions import PermanentDeliveryError, TransientDeliveryError
 from distributor.models import DeliveryResult, Message, Secret
 from distributor.plugins import PluginOptions
 
-USER_AGENT = "distributor/0.1"
 SIGNATURE_HEADER = "X-Distributor-Signature"
 TIMESTAMP_HEADER = "X-Distributor-Timestamp"
-IDEMPOTENCY_HEADER = "Idempotency-Key"
 # Set by the channel for every request; an operator's `headers` may not replace them.
 RESERVED_HEADERS = frozenset(
     name.lower()
@@ -77,17 +85,7 @@ RESERVED_HEADERS = frozenset(
         "Host",
     )
 )
-# Enough of a receiver's answer for its id or an error message; the rest is not read.
-MAX_ANSWER_BYTES = 64 * 1024
-EXCERPT_CHARS = 200
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_HIDDEN = "**********"
-
-
-def delivery_key(message: Message) -> str:
-    """The id of one delivery: the same for every attempt at it, different for any other."""
-    parts = [message.channel, message.edition, message.recipient, message.key]
-    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -123,13 +121,9 @@ class WebhookChannel(Channel):
         @field_validator("url")
         @classmethod
         def _http_address(cls, value: str) -> str:
-            try:
-                parts = urlsplit(value)
-                _ = parts.port  # raises ValueError for a port out of range
-            except ValueError as exc:
-                raise ValueError(f"not a valid address: {exc}") from None
-            if parts.scheme not in {"http", "https"} or not parts.hostname:
-                raise ValueError("must be an http:// or https:// address with a host")
+            problem = address_problem(value)
+            if problem:
+                raise ValueError(problem)
             return value
 
         @field_validator("headers")
@@ -158,25 +152,23 @@ class WebhookChannel(Channel):
         root: Path,
     ) -> None:
         super().__init__(name=name, options=options, secrets=secrets, root=root)
-        self._secret = secrets.get("secret")
-        if self.options.secret_env and self._secret is None:
-            # The configuration loader resolves secret_env; only a caller bypassing it gets here.
-            raise ValueError(f"channel {name!r}: no secret given for {self.options.secret_env}")
-        self._client: httpx.Client | None = None
-        self._origin = _origin(self.options.url)
+        self._secret = (
+            required_secret(self, "secret", "secret")
+            if self.options.secret_env
+            else secrets.get("secret")
+        )
+        self._origin = origin(self.options.url)
+        self._http = ChannelClient(
+            timeout=self.options.timeout,
+            hide=self._hide,
+            headers=self.options.headers,
+            verify=self.options.verify_tls,
+        )
 
     @property
     def client(self) -> httpx.Client:
         """The channel's HTTP client, made on the first send and kept until ``close``."""
-        if self._client is None:
-            self._client = httpx.Client(
-                headers={"User-Agent": USER_AGENT, **self.options.headers},
-                timeout=self.options.timeout,
-                verify=self.options.verify_tls,
-                # httpx would turn a redirected POST into a GET without the body.
-                follow_redirects=False,
-            )
-        return self._client
+        return self._http.get()
 
     def body(self, message: Message) -> bytes:
         """The JSON document sent for ``message``: the bytes that are signed."""
@@ -201,20 +193,10 @@ class WebhookChannel(Channel):
         }
         if self._secret is not None:
             headers[SIGNATURE_HEADER] = "sha256=" + sign(self._secret.reveal(), timestamp, body)
-        try:
-            with self.client.stream(
-                "POST", self.options.url, content=body, headers=headers
-            ) as response:
-                answer = self._read_answer(response)
-        except httpx.TimeoutException as exc:
-            raise TransientDeliveryError(
-                f"{self._origin} did not answer within {self.options.timeout:g} s "
-                f"({exc.__class__.__name__})"
-            ) from exc
-        except httpx.RequestError as exc:  # refused, reset, a broken answer, a TLS failure
-            raise TransientDeliveryError(
-                self._hide(f"cannot reach {self._origin}: {exc.__class__.__name__}: {exc}")
-            ) from exc
+        response, data = self._http.stream(
+            "POST", self.options.url, origin=self._origin, content=body, headers=headers
+        )
+        answer = data.decode(response.encoding or "utf-8", errors="replace")
         return self._outcome(response, answer)
 
     def confirm(self, message: Message) -> DeliveryResult | None:
@@ -223,26 +205,7 @@ class WebhookChannel(Channel):
         return None
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-
-    def _read_answer(self, response: httpx.Response) -> str:
-        """The start of the answer's body. The status is what counts, so a body that breaks
-        off or trickles past the timeout does not turn a delivered post into a failed one."""
-        chunks: list[bytes] = []
-        size = 0
-        deadline = time.monotonic() + self.options.timeout
-        try:
-            for chunk in response.iter_bytes():
-                chunks.append(chunk)
-                size += len(chunk)
-                if size >= MAX_ANSWER_BYTES or time.monotonic() > deadline:
-                    break
-        except httpx.HTTPError:
-            pass
-        data = b"".join(chunks)[:MAX_ANSWER_BYTES]
-        return data.decode(response.encoding or "utf-8", errors="replace")
+        self._http.close()
 
     def _outcome(self, response: httpx.Response, answer: str) -> DeliveryResult:
         status = response.status_code
@@ -252,7 +215,7 @@ class WebhookChannel(Channel):
             return DeliveryResult(
                 remote_id=_remote_id(answer, response.headers), detail="already delivered"
             )
-        retry_after = parse_retry_after(response.headers.get("retry-after"), datetime.now(UTC))
+        retry_after = retry_after_wait(response.headers)
         if status == 429:
             raise TransientDeliveryError(
                 f"{self._origin} is limiting requests (HTTP 429)", retry_after=retry_after
@@ -277,34 +240,15 @@ class WebhookChannel(Channel):
         raise PermanentDeliveryError(self._answered(status, answer))
 
     def _answered(self, status: int, answer: str) -> str:
-        excerpt = " ".join(self._hide(answer).split())[:EXCERPT_CHARS]
-        return f"{self._origin} answered HTTP {status}" + (f": {excerpt}" if excerpt else "")
+        return answered(self._origin, status, self._hide(answer))
 
     def _hide(self, text: str) -> str:
         """``text`` without the secret, should a receiver or a library echo it."""
-        if self._secret is None:
-            return text
-        return text.replace(self._secret.reveal(), _HIDDEN)
-
-
-def _origin(url: str) -> str:
-    """scheme://host[:port] of ``url``, without a path or query that may hold a token."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port is not None else ""
-    return f"{parts.scheme}://{host}{port}"
+        return hide(text, [self._secret.reveal()] if self._secret is not None else [])
 
 
 def _remote_id(answer: str, headers: httpx.Headers) -> str | None:
     """The receiver's id for the post: ``id`` of a JSON answer, else its X-Request-Id."""
-    try:
-        document = json.loads(answer) if answer.strip() else None
-    except ValueError:
-        document = None
-    if isinstance(document, dict):
-        found = document.get("id")
-        if isinstance(found, str | int) and not isinstance(found, bool) and str(found):
-            return str(found)
-    return headers.get("x-request-id") or None
+    document = json_document(answer)
+    found = id_text(document.get("id")) if isinstance(document, dict) else None
+    return found or headers.get("x-request-id") or None

@@ -55,7 +55,16 @@ import tweepy  # type: ignore[import-untyped]
 from pydantic import Field, PositiveInt, field_validator
 
 from distributor.channels.base import Channel, ChannelKind, RateLimit
-from distributor.channels.http import parse_retry_after
+from distributor.channels.http import (
+    EXCERPT_CHARS,
+    HIDDEN,
+    base_address,
+    id_text,
+    origin,
+    parse_retry_after,
+    required_secret,
+    retry_after_wait,
+)
 from distributor.exceptions import (
     CredentialsRefusedError,
     DeliveryError,
@@ -74,8 +83,6 @@ RECENT_POSTS = 10
 CLOCK_MARGIN = timedelta(minutes=10)
 """How much earlier than its edition's fire time a post may look, by X's clock."""
 SECRETS = ("api_key", "api_secret", "access_token", "access_token_secret")
-EXCERPT_CHARS = 200
-_HIDDEN = "**********"
 _LINK = re.compile(r"https?://\S+")
 _SECONDS = re.compile(r"[0-9]+")
 _REFUSED_CONTENT = ("too long", "shorter")
@@ -138,16 +145,9 @@ class XChannel(Channel):
         @field_validator("base_url")
         @classmethod
         def _http_address(cls, value: str) -> str:
-            try:
-                parts = urlsplit(value)
-                _ = parts.port  # raises ValueError for a port out of range
-            except ValueError as exc:
-                raise ValueError(f"not a valid address: {exc}") from None
-            if parts.scheme not in {"http", "https"} or not parts.hostname:
-                raise ValueError("must be an http:// or https:// address with a host")
-            if parts.query or parts.fragment:
-                raise ValueError("must be the API's address, without a query or fragment")
-            return value.rstrip("/")
+            return base_address(
+                value, query="must be the API's address, without a query or fragment"
+            )
 
     options: Options
     kind: ClassVar[ChannelKind] = "post"
@@ -165,12 +165,8 @@ class XChannel(Channel):
     ) -> None:
         super().__init__(name=name, options=options, secrets=secrets, root=root)
         for key in SECRETS:
-            if key not in secrets:
-                # The configuration loader resolves the *_env options; only a caller bypassing
-                # it gets here.
-                variable = getattr(self.options, f"{key}_env")
-                raise ValueError(f"channel {name!r}: no value given for {variable}")
-        self._origin = _origin(self.options.base_url)
+            required_secret(self, key, "value")
+        self._origin = origin(self.options.base_url)
         self._client: Any = None
         self._session: HostSession | None = None
         self._account: tuple[str, str] | None = None
@@ -206,7 +202,7 @@ class XChannel(Channel):
             response = self._call(lambda client: client.create_tweet(text=message.text))
         except _DuplicatePostError:
             return self._already_posted(message)
-        post_id = _text(_data(response).get("id"))
+        post_id = id_text(_data(response).get("id"))
         if post_id is None:
             log.warning("%s: posted, but X's answer carries no post id", self.name)
             return DeliveryResult(remote_id=None)
@@ -284,9 +280,7 @@ class XChannel(Channel):
                 f"{self._origin} is limiting {which} (HTTP 429)", retry_after=wait
             )
         if status == 408 or status >= 500:
-            return TransientDeliveryError(
-                answered, retry_after=parse_retry_after(response.headers.get("retry-after"), _now())
-            )
+            return TransientDeliveryError(answered, retry_after=retry_after_wait(response.headers))
         if status in {401, 403}:
             variables = ", ".join(getattr(self.options, f"{key}_env") for key in SECRETS)
             return CredentialsRefusedError(
@@ -330,7 +324,7 @@ class XChannel(Channel):
         document = _json(response)
         posts = document.get("data") if isinstance(document, dict) else None
         for post in posts if isinstance(posts, list) else []:
-            if isinstance(post, dict) and _text(post.get("id")) and same_post(message.text, post):
+            if isinstance(post, dict) and id_text(post.get("id")) and same_post(message.text, post):
                 post_id = str(post["id"])
                 return post_id, f"https://x.com/{username}/status/{post_id}"
         return None
@@ -341,7 +335,7 @@ class XChannel(Channel):
             if self._account is None:
                 self._account_asked = True
                 data = _data(self._call(lambda client: client.get_me(user_auth=True)))
-                user_id, username = _text(data.get("id")), _text(data.get("username"))
+                user_id, username = id_text(data.get("id")), id_text(data.get("username"))
                 if user_id is None or username is None:
                     raise TransientDeliveryError(
                         f"{self._origin} did not say which account the access token is for"
@@ -367,7 +361,7 @@ class XChannel(Channel):
         for key in SECRETS:
             value = self.secrets[key].reveal()
             if value:
-                text = text.replace(value, _HIDDEN).replace(quote(value, safe="~"), _HIDDEN)
+                text = text.replace(value, HIDDEN).replace(quote(value, safe="~"), HIDDEN)
         return text
 
 
@@ -500,23 +494,3 @@ def _data(response: requests.Response) -> Mapping[str, Any]:
     document = _json(response)
     data = document.get("data") if isinstance(document, dict) else None
     return data if isinstance(data, dict) else {}
-
-
-def _text(value: Any) -> str | None:
-    if isinstance(value, str | int) and not isinstance(value, bool) and str(value):
-        return str(value)
-    return None
-
-
-def _origin(url: str) -> str:
-    """scheme://host[:port] of ``url``, for errors."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port is not None else ""
-    return f"{parts.scheme}://{host}{port}"
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
