@@ -119,9 +119,20 @@ class DeliveryError(DistributorError):
 
 
 class TransientDeliveryError(DeliveryError):
-    """A passing failure: the engine retries it with backoff (honouring ``retry_after``)."""
+    """A passing failure: the engine retries it with backoff (honouring ``retry_after``).
+
+    ``maybe_sent``: the request may have reached the platform (a timeout waiting for the
+    answer, a connection dropped after sending). A post is then checked with the platform
+    before it is sent again, unless the channel says a resend cannot post twice.
+    """
 
     transient = True
+
+    def __init__(
+        self, reason: str, *, retry_after: float | None = None, maybe_sent: bool = False
+    ) -> None:
+        super().__init__(reason, retry_after=retry_after)
+        self.maybe_sent = maybe_sent
 
 
 class PermanentDeliveryError(DeliveryError):

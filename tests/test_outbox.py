@@ -25,7 +25,7 @@ from distributor.exceptions import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
-from distributor.models import DeliveryStatus, Message
+from distributor.models import DeliveryResult, DeliveryStatus, Message
 from distributor.store import DeliveryRow, Store
 
 FIRE = datetime(2026, 11, 21, 3, 0, tzinfo=UTC)
@@ -412,3 +412,34 @@ def test_refused_credentials_hold_the_channel_until_released(
     fixed = FakeChannel()
     assert send(outbox(store), edition_id, plan_of(fixed, messages))[0] == "done"
     assert sorted(m.key for m in fixed.delivered) == ["a1", "a2"]
+
+
+def test_a_post_that_may_have_gone_out_is_checked_not_sent_again(store: Store) -> None:
+    """A platform that did not answer may have posted: the channel is asked; a post it finds
+    is sent; one it cannot tell about is ``unknown`` for an operator, never posted twice."""
+    edition_id, messages = edition_with(store, "fake", 3)
+    timed_out = TransientDeliveryError("did not answer within 10 s", maybe_sent=True)
+    refused = TransientDeliveryError("cannot reach: connection refused", maybe_sent=False)
+
+    class Checking(FakeChannel):
+        def confirm(self, message: Message) -> DeliveryResult | None:
+            return DeliveryResult(remote_id="found-1") if message.key == "a0" else None
+
+    channel = Checking(script=[timed_out, timed_out, refused])
+    state, _ = send(outbox(store), edition_id, plan_of(channel, messages))
+    found = rows(store, edition_id)
+    assert (found["a0"].status, found["a0"].remote_id) == ("sent", "found-1")
+    assert found["a1"].status == "unknown" and "retry --unknown" in (found["a1"].last_error or "")
+    assert found["a2"].status == "sent"  # never connected: sent again at once
+    assert [m.key for m in channel.delivered] == ["a2"]
+    assert state == "partial"
+
+    # A channel whose resend cannot post twice (an Idempotency-Key) just tries again.
+    other_id, more = edition_with(store, "fake", 1, fire=FIRE + timedelta(hours=1))
+
+    class Idempotent(FakeChannel):
+        resend_is_safe = True
+
+    safe = Idempotent(script=[timed_out])
+    assert send(outbox(store), other_id, plan_of(safe, more))[0] == "done"
+    assert len(safe.calls) == 2

@@ -63,6 +63,11 @@ class Channel(Plugin, abc.ABC):
     """Which platform's posts this channel writes (x, mastodon, ...); picks the post template."""
     limits: ClassVar[RateLimit] = RateLimit()
     """The platform's own limits; the operator's ``rate_limit`` option can only narrow them."""
+    resend_is_safe: ClassVar[bool] = False
+    """Whether sending a post again after an attempt that may have got through cannot post it
+    twice (an Idempotency-Key the platform honours, a duplicate refusal the channel reads as
+    "already posted"). When False, such a post is checked with :meth:`confirm` first and, if
+    that cannot tell, recorded ``unknown`` for an operator instead of sent again."""
 
     class Options(Plugin.Options):
         """What every channel takes; channels extend it with their own options."""

@@ -227,14 +227,18 @@ class ChannelClient:
         """The passing error, to raise ``from exc``, for a request to ``origin`` (the server as
         errors name it) that got no answer: a timeout (``asking`` names the call), or a refused
         or reset connection, a broken answer, a TLS failure."""
+        # Whether the request may have got there: not when the connection was never made.
+        maybe_sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
         if isinstance(exc, httpx.TimeoutException):
             named = f" {asking}" if asking else ""
             return TransientDeliveryError(
                 f"{origin} did not answer{named} within {self._timeout:g} s "
-                f"({exc.__class__.__name__}){self._timed_out}"
+                f"({exc.__class__.__name__}){self._timed_out}",
+                maybe_sent=maybe_sent,
             )
         return TransientDeliveryError(
-            self._hide(f"cannot reach {origin}: {exc.__class__.__name__}: {exc}")
+            self._hide(f"cannot reach {origin}: {exc.__class__.__name__}: {exc}"),
+            maybe_sent=maybe_sent,
         )
 
     def close(self) -> None:

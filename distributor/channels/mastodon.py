@@ -77,6 +77,10 @@ DEFAULT_URL_LENGTH = 23
 class MastodonChannel(Channel):
     """Posts each post as a status of one account on one Mastodon instance."""
 
+    # The Idempotency-Key is the same on every attempt: the instance answers a repeat with the
+    # status it made the first time.
+    resend_is_safe = True
+
     class Options(Channel.Options):
         base_url: str = Field(
             description="The instance the account lives on, e.g. https://mastodon.social."

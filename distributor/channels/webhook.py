@@ -97,6 +97,10 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
 class WebhookChannel(Channel):
     """POSTs each post as JSON to one address, signed with a shared secret."""
 
+    resend_is_safe = (
+        True  # the Idempotency-Key is the same on every attempt: the receiver drops a repeat
+    )
+
     class Options(Channel.Options):
         url: str = Field(description="The address each post is POSTed to (http or https).")
         secret_env: str | None = Field(

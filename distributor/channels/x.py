@@ -111,6 +111,8 @@ for _signer in ("requests_oauthlib.oauth1_auth", "oauthlib.oauth1.rfc5849"):
 class XChannel(Channel):
     """Posts each post to one X account."""
 
+    resend_is_safe = True  # X refuses a duplicate post, which this channel reads as already posted
+
     class Options(Channel.Options):
         api_key_env: str = Field(
             min_length=1,

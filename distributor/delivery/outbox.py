@@ -602,6 +602,9 @@ class Outbox:
         try:
             result = channel.send(message)
         except TransientDeliveryError as exc:
+            if exc.maybe_sent and channel.message_kind == "post" and not channel.resend_is_safe:
+                self._maybe_sent(delivery_id, channel, message, exc.reason, report, me)
+                return True
             failures += 1
             if exc.retry_after:
                 limiter.pause(
@@ -648,6 +651,39 @@ class Outbox:
             )
         report.sent += 1
         return True
+
+    def _maybe_sent(
+        self,
+        delivery_id: int,
+        channel: Channel,
+        message: Message,
+        reason: str,
+        report: TargetReport,
+        me: str,
+    ) -> None:
+        """A post that may have gone out (the platform did not answer): asked of the platform
+        before anything else; found, it is sent; not known, it is ``unknown`` for an operator
+        (`distributor retry --unknown` sends it), never posted a second time by surprise."""
+        try:
+            found = channel.confirm(message)
+        except DistributorError as exc:
+            log.warning("%s: checking a post that may have gone out failed: %s", channel.name, exc)
+            found = None
+        if found is not None:
+            self.store.finish_delivery(
+                delivery_id, DeliveryStatus.SENT, remote_id=found.remote_id, claimant=me
+            )
+            report.sent += 1
+            return
+        why = (
+            f"outcome unknown: {reason}; {channel.name} cannot tell whether it was posted: "
+            "check the account, then `distributor retry --unknown`"
+        )
+        self.store.finish_delivery(
+            delivery_id, DeliveryStatus.UNKNOWN, error_class="transient", error=why, claimant=me
+        )
+        report.errors.append(f"{message.recipient}: {why}")
+        log.warning("%s on %s: %s", message.recipient, channel.name, why)
 
     def _refused(
         self, delivery_id: int, channel: Channel, reason: str, report: TargetReport, me: str
