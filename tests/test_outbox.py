@@ -131,6 +131,19 @@ def test_the_limiter_spaces_messages_and_counts_what_was_sent_before() -> None:
     assert wait == pytest.approx(21 * 3600, abs=1)
 
 
+def test_a_slow_send_is_counted_from_when_it_was_done() -> None:
+    """A send that took long (a new connection) counts from when it was done: the next ones
+    cannot arrive bunched up behind it."""
+    limiter = Limiter(RateLimit(per_second=2))
+    assert limiter.reserve(100.0) == (0.0, "")
+    limiter.settle(100.0, 100.4)  # the platform had it only at 100.4
+    assert limiter.reserve(100.5) == (0.0, "")
+    wait, _ = limiter.reserve(101.3)  # counted from 100.4, not 100.0: not free before 101.45
+    assert wait == pytest.approx(0.1 + SEND_MARGIN)
+    limiter.settle(99.0, 99.5)  # a place no longer in the window: nothing to move
+    assert limiter.wait(101.45 + SEND_MARGIN)[0] == 0.0
+
+
 def test_a_pause_holds_the_whole_channel() -> None:
     limiter = Limiter(RateLimit())
     limiter.pause(110.0, "x asked to wait 10 s")

@@ -12,6 +12,7 @@ upper half of its step, so many deliveries that failed together do not come back
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 import threading
@@ -101,6 +102,20 @@ class Limiter:
             if wait <= 0:
                 self._sent.append(now)
             return wait, why
+
+    def settle(self, reserved_at: float, done_at: float) -> None:
+        """The message that took its place at ``reserved_at`` was in the platform's hands by
+        ``done_at``: count it then. The platform counts arrivals; a send that took long (a new
+        connection) would otherwise leave the next ones free to arrive closer together than
+        the limit allows."""
+        with self._lock:
+            if done_at <= reserved_at:
+                return
+            try:
+                self._sent.remove(reserved_at)
+            except ValueError:  # pushed out of a full window meanwhile
+                return
+            bisect.insort(self._sent, done_at)
 
 
 _shared: dict[tuple[str, str, RateLimit], Limiter] = {}

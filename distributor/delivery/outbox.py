@@ -531,10 +531,15 @@ class Outbox:
                 continue
             # The place in the channel's limit is taken last, right before the send, so that
             # no database write between the two can bunch sends up past the limit.
-            if not self._within_limits(channel, limiter, pending, seen, report, key, entry):
+            place = self._within_limits(channel, limiter, pending, seen, report, key, entry)
+            if place is None:
                 complete = False
                 break
-            if not self._attempt(entry, channel, message, report, limiter):
+            go_on = self._attempt(entry, channel, message, report, limiter)
+            # Counted from when the platform had it, at the latest: a slow connection at the
+            # start of a window cannot let the next messages arrive bunched up.
+            limiter.settle(place, self.clock())
+            if not go_on:
                 complete = False
                 break
         if report.held:
@@ -561,15 +566,16 @@ class Outbox:
         report: TargetReport,
         key: tuple[str, str],
         taken: tuple[int, int],
-    ) -> bool:
-        """Wait until the channel's limits let one more message go; False when the wait is too
-        long for this run or a stop was asked: then the message in hand (``taken``, claimed by
-        this process) is given back, and it and the rest of ``pending`` wait in the outbox."""
+    ) -> float | None:
+        """Wait until the channel's limits let one more message go, and return the place taken
+        (a timestamp); None when the wait is too long for this run or a stop was asked: then the
+        message in hand (``taken``, claimed by this process) is given back, and it and the rest
+        of ``pending`` wait in the outbox."""
         while True:
             now = self.clock()
             wait, why = limiter.reserve(now)
             if wait <= 0:
-                return True
+                return now
             if wait > self.max_inline_wait:
                 until = utc(now + wait)
                 left = [entry[0] for k, entry in pending.items() if k not in seen]
@@ -582,10 +588,10 @@ class Outbox:
                 report.waiting_until = until
                 report.waiting_why = why
                 log.info("%s: %s; %d waiting until %s", channel.name, why, len(left) + 1, when)
-                return False
+                return None
             if self.stopping.wait(wait):
                 self.store.release_delivery(taken[0], claimant=claimant(), until=None)
-                return False
+                return None
 
     def _attempt(
         self,
