@@ -12,6 +12,7 @@ is the same article next time.
 
 from __future__ import annotations
 
+import abc
 import logging
 import threading
 from collections.abc import Iterator, Sequence
@@ -43,15 +44,16 @@ PUSH_QUIET = timedelta(minutes=15)
 """A source a WebSub hub pushes is polled again once the hub was silent this long."""
 
 
-class Ingest:
+class Ingest(abc.ABC):
     """The reading half of the pipeline (mixed into :class:`~distributor.pipeline.core.Core`)."""
 
     config: Config
     store: Store
 
     @property
+    @abc.abstractmethod
     def client(self) -> httpx.Client:
-        raise NotImplementedError
+        """The HTTP client of sources (the pipeline makes it when first needed)."""
 
     def _sources(self) -> Iterator[Source]:
         for spec in self.config.sources:
