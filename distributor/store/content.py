@@ -120,7 +120,15 @@ class ContentQueries(StoreBase):
         """Remember that each key (an id made from a link) is the article of its value."""
 
         def work(conn: Connection) -> None:
-            known = set(self.article_aliases(aliases))
+            # Read in the writing transaction, so a race with another writer ends in _write's
+            # retry rather than a second connection's stale answer.
+            known = set(
+                conn.execute(
+                    select(article_aliases.c.alias).where(
+                        article_aliases.c.alias.in_(list(aliases))
+                    )
+                ).scalars()
+            )
             fresh = [
                 {"alias": alias, "article_id": article_id, "created_at": _now()}
                 for alias, article_id in aliases.items()
