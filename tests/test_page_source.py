@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import threading
 import tracemalloc
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -32,9 +30,15 @@ from distributor.sources.page import (
     read_page,
 )
 from sample.site import SampleSite, display_title, load_articles
+from tests.helpers_source_server import (
+    CHUNK,
+    SourceServer,
+    http_client,  # noqa: F401  (the fixture "client")
+    running,
+)
+from tests.helpers_source_server import Reply as SourceReply
 
 SOURCE = "pages"
-CHUNK = 64 * 1024
 BASE = "https://news.example/health/story.html"
 NOW = datetime(2025, 6, 2, 12, 0, tzinfo=UTC)
 DEFAULT = Selectors()
@@ -44,93 +48,30 @@ DEFAULT = Selectors()
 
 
 @dataclass
-class Reply:
-    """What the server answers on one path."""
+class Reply(SourceReply):
+    """What the server answers on one path: HTML unless it says otherwise."""
 
-    status: int = 200
-    body: bytes = b""
     headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "text/html"})
-    delay: float = 0.0
-    """Seconds before the status line."""
-    trickle: float = 0.0
-    """Seconds between bytes of the body."""
-    stream: int = 0
-    """Send this many bytes of filler in 64 KiB chunks instead of ``body``."""
 
 
-class LocalServer(ThreadingHTTPServer):
-    daemon_threads = True
+class LocalServer(SourceServer):
+    filler = b"<p>filler</p>".ljust(CHUNK, b" ")
+    protocol = "HTTP/1.1"
 
     def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__()
         self.routes: dict[str, Reply] = {}
         self.requests: list[str] = []
-        self.streamed = 0
-        self.done = threading.Event()
-        self.stop = threading.Event()
 
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}{path}"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: LocalServer
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self) -> None:
-        self.server.requests.append(self.path)
-        reply = self.server.routes.get(self.path, Reply(status=404, body=b"not here"))
-        try:
-            if reply.delay and self.server.stop.wait(reply.delay):
-                return
-            self.send_response(reply.status)
-            for name, value in reply.headers.items():
-                self.send_header(name, value)
-            if not reply.stream and "Content-Length" not in reply.headers:
-                self.send_header("Content-Length", str(len(reply.body)))
-            if reply.stream or reply.trickle:
-                self.send_header("Connection", "close")
-            self.end_headers()
-            if reply.stream:
-                filler = b"<p>filler</p>".ljust(CHUNK, b" ")
-                while self.server.streamed < reply.stream:
-                    self.wfile.write(filler)
-                    self.server.streamed += len(filler)
-            elif reply.trickle:
-                for byte in reply.body:
-                    if self.server.stop.wait(reply.trickle):
-                        return
-                    self.wfile.write(bytes([byte]))
-                    self.wfile.flush()
-            else:
-                self.wfile.write(reply.body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client hung up: that is what some tests want
-        finally:
-            self.server.done.set()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+    def answer(self, path: str, headers: dict[str, str]) -> Reply:
+        self.requests.append(path)
+        return self.routes.get(path, Reply(status=404, body=b"not here"))
 
 
 @pytest.fixture
 def server() -> Iterator[LocalServer]:
-    local = LocalServer()
-    thread = threading.Thread(target=local.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    try:
+    with running(LocalServer()) as local:
         yield local
-    finally:
-        local.stop.set()
-        local.shutdown()
-        local.server_close()
-        thread.join(timeout=5)
-
-
-@pytest.fixture
-def client() -> Iterator[httpx.Client]:
-    with httpx.Client() as http:
-        yield http
 
 
 def reader(client: httpx.Client, **options: Any) -> PageReader:

@@ -6,13 +6,10 @@ with the source's own client.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -25,105 +22,41 @@ from distributor.sources.base import FetchResult, FetchState
 from distributor.sources.http import max_age, retry_after
 from distributor.sources.rss import RSSSource
 from distributor.text import normalise_url, plain_text, safe_link
+from tests.helpers_source_server import (
+    CHUNK,
+    Reply,
+    SourceServer,
+    http_client,  # noqa: F401  (the fixture "client")
+    running,
+)
 
 SOURCE = "medical-feed"
-CHUNK = 64 * 1024
 
 
 # --- a small local HTTP server ----------------------------------------------------------------
 
 
-@dataclass
-class Reply:
-    """What the server answers on one path."""
-
-    status: int = 200
-    body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
-    delay: float = 0.0
-    """Seconds before the status line."""
-    trickle: float = 0.0
-    """Seconds between bytes of the body (a slow server)."""
-    stream: int = 0
-    """Send this many bytes of filler in 64 KiB chunks instead of ``body``."""
-    content_length: bool = True
-
-
 Route = Reply | Callable[[dict[str, str]], Reply]
 
 
-class LocalServer(ThreadingHTTPServer):
-    daemon_threads = True
+class LocalServer(SourceServer):
+    filler = b"<!-- filler -->".ljust(CHUNK, b" ")
 
     def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__()
         self.routes: dict[str, Route] = {}
         self.requests: list[tuple[str, dict[str, str]]] = []
-        self.streamed = 0
-        self.done = threading.Event()
-        self.stop = threading.Event()
 
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}{path}"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: LocalServer
-
-    def do_GET(self) -> None:
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        self.server.requests.append((self.path, headers))
-        route = self.server.routes.get(self.path, Reply(status=404, body=b"not here"))
-        reply = route(headers) if callable(route) else route
-        try:
-            if reply.delay and self.server.stop.wait(reply.delay):
-                return
-            self.send_response(reply.status)
-            for name, value in reply.headers.items():
-                self.send_header(name, value)
-            if reply.content_length and not reply.stream:
-                self.send_header("Content-Length", str(len(reply.body)))
-            self.end_headers()
-            if reply.stream:
-                filler = b"<!-- filler -->".ljust(CHUNK, b" ")
-                while self.server.streamed < reply.stream:
-                    self.wfile.write(filler)
-                    self.server.streamed += len(filler)
-            elif reply.trickle:
-                for byte in reply.body:
-                    if self.server.stop.wait(reply.trickle):
-                        return
-                    self.wfile.write(bytes([byte]))
-                    self.wfile.flush()
-            else:
-                self.wfile.write(reply.body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client hung up: that is what some tests want
-        finally:
-            self.server.done.set()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+    def answer(self, path: str, headers: dict[str, str]) -> Reply:
+        self.requests.append((path, headers))
+        route = self.routes.get(path, Reply(status=404, body=b"not here"))
+        return route(headers) if callable(route) else route
 
 
 @pytest.fixture
 def server() -> Iterator[LocalServer]:
-    local = LocalServer()
-    thread = threading.Thread(target=local.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    try:
+    with running(LocalServer()) as local:
         yield local
-    finally:
-        local.stop.set()
-        local.shutdown()
-        local.server_close()
-        thread.join(timeout=5)
-
-
-@pytest.fixture
-def client() -> Iterator[httpx.Client]:
-    with httpx.Client() as http:
-        yield http
 
 
 def make_source(client: httpx.Client, url: str, **options: Any) -> RSSSource:
@@ -550,10 +483,7 @@ def test_errors_show_the_feed_address_without_its_query_string(
 def test_the_token_does_not_follow_a_redirect_to_another_host(
     server: LocalServer, client: httpx.Client
 ) -> None:
-    other = LocalServer()
-    thread = threading.Thread(target=other.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    try:
+    with running(LocalServer()) as other:
         other.routes["/feed.xml"] = Reply(body=GOOD_RSS)
         server.routes["/feed.xml"] = Reply(status=301, headers={"Location": other.url("/feed.xml")})
         source = RSSSource(
@@ -563,10 +493,6 @@ def test_the_token_does_not_follow_a_redirect_to_another_host(
             client=client,
         )
         assert len(source.fetch(FetchState()).articles) == 3
-    finally:
-        other.shutdown()
-        other.server_close()
-        thread.join(timeout=5)
     assert server.requests[0][1]["authorization"] == "Bearer t0ken"
     assert "authorization" not in other.requests[0][1]
 

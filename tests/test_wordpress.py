@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -27,29 +25,19 @@ from distributor.models import Article, Secret
 from distributor.sources.base import FetchResult, FetchState
 from distributor.sources.wordpress import WordPressSource
 from sample.site import SampleSite, load_articles, serve_in_thread
+from tests.helpers_source_server import (
+    Reply,
+    SourceServer,
+    http_client,  # noqa: F401  (the fixture "client")
+    running,
+)
 
 SOURCE = "medical-wp"
 API = "/wp-json/wp/v2/posts"
 NOW = datetime(2025, 6, 2, 12, 0, 0, tzinfo=UTC)
-CHUNK = 64 * 1024
 
 
 # --- a small local HTTP server ----------------------------------------------------------------
-
-
-@dataclass
-class Reply:
-    """What the server answers."""
-
-    status: int = 200
-    body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
-    delay: float = 0.0
-    """Seconds before the status line."""
-    trickle: float = 0.0
-    """Seconds between bytes of the body."""
-    stream: int = 0
-    """Send this many bytes of filler instead of ``body``."""
 
 
 @dataclass
@@ -62,84 +50,32 @@ class Request:
 Route = Reply | Callable[[Request], Reply]
 
 
-class LocalServer(ThreadingHTTPServer):
-    daemon_threads = True
-
+class LocalServer(SourceServer):
     def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__()
         self.routes: dict[str, Route] = {}
         self.requests: list[Request] = []
-        self.streamed = 0
-        self.done = threading.Event()
-        self.stop = threading.Event()
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
+        return self.url()
 
     def pages(self) -> list[int]:
         return [int(r.params["page"]) for r in self.requests]
 
-
-class _Handler(BaseHTTPRequestHandler):
-    server: LocalServer
-
-    def do_GET(self) -> None:
-        parts = urlsplit(self.path)
+    def answer(self, path: str, headers: dict[str, str]) -> Reply:
+        parts = urlsplit(path)
         params = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
-        request = Request(parts.path, params, {k.lower(): v for k, v in self.headers.items()})
-        self.server.requests.append(request)
-        route = self.server.routes.get(parts.path, Reply(status=404, body=b"<html>gone</html>"))
-        reply = route(request) if callable(route) else route
-        try:
-            if reply.delay and self.server.stop.wait(reply.delay):
-                return
-            self.send_response(reply.status)
-            for name, value in reply.headers.items():
-                self.send_header(name, value)
-            if not reply.stream:
-                self.send_header("Content-Length", str(len(reply.body)))
-            self.end_headers()
-            if reply.stream:
-                filler = b" " * CHUNK
-                while self.server.streamed < reply.stream:
-                    self.wfile.write(filler)
-                    self.server.streamed += len(filler)
-            elif reply.trickle:
-                for byte in reply.body:
-                    if self.server.stop.wait(reply.trickle):
-                        return
-                    self.wfile.write(bytes([byte]))
-                    self.wfile.flush()
-            else:
-                self.wfile.write(reply.body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client hung up: some tests want that
-        finally:
-            self.server.done.set()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+        request = Request(parts.path, params, headers)
+        self.requests.append(request)
+        route = self.routes.get(parts.path, Reply(status=404, body=b"<html>gone</html>"))
+        return route(request) if callable(route) else route
 
 
 @pytest.fixture
 def server() -> Iterator[LocalServer]:
-    local = LocalServer()
-    thread = threading.Thread(target=local.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    try:
+    with running(LocalServer()) as local:
         yield local
-    finally:
-        local.stop.set()
-        local.shutdown()
-        local.server_close()
-        thread.join(timeout=5)
-
-
-@pytest.fixture
-def client() -> Iterator[httpx.Client]:
-    with httpx.Client() as http:
-        yield http
 
 
 @pytest.fixture(scope="module")
