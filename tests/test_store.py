@@ -46,6 +46,7 @@ TABLES = {
     "schedule_state",
     "websub_subscriptions",
     "article_aliases",
+    "subscriber_events",
 }
 
 
@@ -136,7 +137,7 @@ def test_open_migrates_sqlite_automatically(tmp_path: Path) -> None:
     store = Store.open(f"sqlite:///{path}")
     try:
         assert path.exists()
-        assert migrate.current_revision(store.engine) == migrate.head_revision() == "0005"
+        assert migrate.current_revision(store.engine) == migrate.head_revision() == "0006"
         assert set(inspect(store.engine).get_table_names()) >= TABLES
         assert store.count_articles() == 0
     finally:

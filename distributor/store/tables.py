@@ -158,6 +158,7 @@ deliveries = Table(
     Column("error_class", String(20)),
     Column("last_error", Text),
     Column("remote_id", Text),
+    Column("remote_url", Text),  # the post's address on its platform, stored with its id
     Column("article_ids", JSON, nullable=False, default=list),
     Column("claimed_by", String(200)),
     Column("created_at", UTCDateTime, nullable=False),
@@ -197,11 +198,31 @@ subscribers = Table(
     Column("name", Text),
     Column("topics", JSON, nullable=False, default=list),
     Column("timezone", String(64)),
+    # pending (double opt-in not yet followed), active, unsubscribed, bounced, complained
     Column("status", String(20), nullable=False),
     Column("consent_at", UTCDateTime),
-    Column("consent_source", Text),
+    Column("consent_source", Text),  # how: "web form", "import", "operator"...
+    Column("consent_ip", String(64)),  # from which address the consent came (web form)
+    Column("frequency", String(16), nullable=False, default="daily", server_default="daily"),
+    Column("soft_bounces", Integer, nullable=False, default=0, server_default="0"),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# What happened to an address, one row an event: subscribed, confirmed, preferences,
+# unsubscribed, hard_bounce, soft_bounce, complaint. The consent record and the dashboard's
+# per-day plots read it; suppression itself is the subscriber's status.
+subscriber_events = Table(
+    "subscriber_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("email", String(320), nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("detail", Text),
+    Column("source_ip", String(64)),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ix_subscriber_events_email", "email"),
+    Index("ix_subscriber_events_kind_created", "kind", "created_at"),
 )
 
 subscriber_lists = Table(
