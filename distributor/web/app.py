@@ -28,6 +28,7 @@ from distributor.config import Settings
 from distributor.exceptions import StoreError
 from distributor.sources.websub import PushOutcome
 from distributor.store import Store
+from distributor.web.pages import static_routes
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def create_app(
             )
         return JSONResponse({"database": "ok"}, headers={"cache-control": "no-store"})
 
-    routes = [Route("/healthz", healthz, methods=["GET"])]
+    routes = [Route("/healthz", healthz, methods=["GET"]), *static_routes()]
     if websub is not None:
         routes += _websub_routes(websub)
     app = _App(routes=routes)
