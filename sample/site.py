@@ -213,6 +213,7 @@ class SampleSite(ThreadingHTTPServer):
         self.routes: dict[str, Response] = self._render_all()
         self.popularity_responses: dict[str, Response] = self._render_popularity()
         self.popularity_csv: dict[str, Response] = self._render_popularity_csv()
+        self.paths_served: list[str] = []  # every path asked for, in order (tests count them)
         self.wp = WordPressAPI(self, name=SITE_NAME, description=SITE_BANNER, title=display_title)
         self.wp_posts: list[dict[str, Any]] = self.wp.posts
 
@@ -602,6 +603,7 @@ class _Handler(BaseHTTPRequestHandler):
         return cast(SampleSite, self.server)
 
     def do_GET(self) -> None:
+        self.site.paths_served.append(urlsplit(self.path).path)
         self._respond(send_body=True)
 
     def do_HEAD(self) -> None:

@@ -371,6 +371,8 @@ def test_a_feed_and_the_wordpress_api_of_one_site_make_one_article_each(
     feed, wordpress, views_24h, views_7d = pipeline.ingest().sources
     count = len(sample_site.articles)
     assert (feed.new, wordpress.changed, wordpress.new) == (count, count, 0)
+    pages = [p for p in sample_site.paths_served if p.startswith("/articles/")]
+    assert sorted(pages) == sorted(set(pages)) and len(pages) == count  # each page read once
     assert views_24h.changed == views_7d.changed == count  # JSON and CSV views matched
     assert store.count_articles() == count
     article = store.article(f"{sample_site.base_url}/?p=101")

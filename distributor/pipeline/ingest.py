@@ -166,11 +166,23 @@ class Ingest(abc.ABC):
         out: list[Article] = []
         new_aliases: dict[str, str] = {}
         page_errors: list[str] = []
+        # An article that another source of the site brought first (the WordPress API after
+        # the feed) may have had its page read already: what is stored counts.
+        stored = (
+            self.store.articles_by_id(a.id for a in articles if known.get(a.id) != hashes[a.id])
+            if pages is not None
+            else {}
+        )
         for article in articles:
             if known.get(article.id) == hashes[article.id] or pages is None:
                 out.append(article)
                 continue
-            if not pages.needs_page(article):
+            before = stored.get(article.id)
+            if before is not None and article.id not in known and _same_version(article, before):
+                # Another source brought it first, and its page was read (or tried) then.
+                out.append(article)
+                continue
+            if not pages.needs_page(article if before is None else _with_stored(article, before)):
                 out.append(article)
                 continue
             try:
@@ -228,6 +240,25 @@ class Ingest(abc.ABC):
         self.store.update_shares(shares)
         item.changed = len(views)
         return item
+
+
+def _same_version(article: Article, stored: Article) -> bool:
+    """Whether ``article`` is the version of the story already stored: its page is the same."""
+    return (article.updated or article.published) == (stored.updated or stored.published)
+
+
+def _with_stored(article: Article, stored: Article) -> Article:
+    """``article`` with the fields it lacks taken from its stored version (what the store keeps
+    on an update)."""
+    return replace(
+        article,
+        author=article.author or stored.author,
+        fact_checker=article.fact_checker or stored.fact_checker,
+        summary=article.summary or stored.summary,
+        study=article.study or stored.study,
+        related=article.related or stored.related,
+        shares=article.shares if article.shares is not None else stored.shares,
+    )
 
 
 def _page_reader(source: Source, client: httpx.Client) -> PageReader | None:

@@ -193,6 +193,17 @@ class ContentQueries(StoreBase):
             row = conn.execute(select(articles).where(articles.c.id == article_id)).first()
         return _article(row) if row else None
 
+    def articles_by_id(self, ids: Iterable[str]) -> dict[str, Article]:
+        """The stored articles among ``ids``, read 500 at a time."""
+        wanted = list(dict.fromkeys(ids))
+        found: dict[str, Article] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                for row in conn.execute(select(articles).where(articles.c.id.in_(chunk))):
+                    found[row.id] = _article(row)
+        return found
+
     def count_articles(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(articles)).scalar_one())
