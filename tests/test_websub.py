@@ -597,6 +597,29 @@ def test_a_failed_renewal_is_reported_and_retried_later(web: Web, hub: LocalHub)
     assert len(web.websub.due_for_renewal(late + timedelta(minutes=11))) == 1
 
 
+def test_a_subscription_the_hub_never_took_is_asked_again(web: Web, hub: LocalHub) -> None:
+    """A first request that fails (the hub is down), or that the hub never verifies, stays
+    pending; ten minutes on it is asked again, until the hub takes it."""
+    hub.refuse_with = 503
+    with pytest.raises(SourceError, match="HTTP 503"):
+        web.websub.subscribe(SOURCE, hub.url, TOPIC)
+    row = web.store.websub_subscription(SOURCE)
+    assert row is not None and row.state == "pending"
+    assert web.websub.due_for_renewal(row.updated_at + timedelta(minutes=5)) == []
+    later = row.updated_at + timedelta(minutes=11)
+    assert [r.source for r in web.websub.due_for_renewal(later)] == [SOURCE]
+    hub.refuse_with = None
+    hub.skip_verification = True  # taken, never verified: still pending
+    assert [(r.source, r.error) for r in web.websub.renew_due(later)] == [(SOURCE, None)]
+    row = web.store.websub_subscription(SOURCE)
+    assert row is not None and row.state == "pending"
+    hub.skip_verification = False
+    assert web.websub.renew_due(row.updated_at + timedelta(minutes=11))
+    row = web.store.websub_subscription(SOURCE)
+    assert row is not None and row.state == "active"
+    assert web.websub.due_for_renewal(datetime.now(UTC) + timedelta(minutes=11)) == []
+
+
 def test_silent_after_quiet_time(web: Web, hub: LocalHub) -> None:
     quiet = timedelta(hours=1)
     now = datetime.now(UTC)

@@ -349,8 +349,14 @@ class WebSub:
 
     def due_for_renewal(self, now: datetime) -> list[WebSubRow]:
         """Active subscriptions whose lease ends within its margin (10% of the lease, at least
-        an hour), or has ended; those renewed in the last minutes wait for the hub."""
-        due = []
+        an hour), or has ended; and requests still pending (the hub could not be reached, or
+        never verified) since :data:`RENEWAL_RETRY`. Those asked for in the last minutes wait
+        for the hub."""
+        due = [
+            row
+            for row in self.store.websub_subscriptions(state=PENDING)
+            if row.updated_at <= now - RENEWAL_RETRY
+        ]
         for row in self.store.websub_subscriptions(state=ACTIVE):
             if row.expires_at is None or row.updated_at > now - RENEWAL_RETRY:
                 continue
@@ -360,7 +366,8 @@ class WebSub:
         return due
 
     def renew_due(self, now: datetime) -> list[Renewal]:
-        """Subscribe again each subscription that is due; one failure does not stop the rest."""
+        """Subscribe again each subscription that is due (ask again each pending one); one
+        failure does not stop the rest."""
         done = []
         for row in self.due_for_renewal(now):
             try:
