@@ -12,8 +12,10 @@
     └── DeliveryError               a channel could not deliver a message
         ├── TransientDeliveryError  a passing failure: retry later (SMTP 4xx, HTTP 429/5xx, drops)
         └── PermanentDeliveryError  retrying will not help (SMTP 5xx, HTTP 4xx, bad address)
-            └── CredentialsRefusedError  the platform refused the account's credentials (401,
-                                         403): the channel stops and raises an alert
+            └── ChannelMisconfiguredError  the channel's settings cannot work (a chat that
+                │                          does not exist): the channel stops, an alert says so
+                └── CredentialsRefusedError  the platform refused the account's credentials
+                                             (401, 403): the channel stops, an alert says so
 
 Library errors are converted at the edge of the module that calls the library, with
 ``raise ... from exc``, so callers only ever need to catch this tree.
@@ -139,8 +141,24 @@ class PermanentDeliveryError(DeliveryError):
     """A failure that retrying will not fix; it is recorded with its reason and shown."""
 
 
-class CredentialsRefusedError(PermanentDeliveryError):
+class ChannelMisconfiguredError(PermanentDeliveryError):
+    """The platform says the channel cannot post as configured (Telegram: the chat does not
+    exist, or the bot is not in it): every post would fail the same way, so nothing more goes
+    to this channel, the rest waits in the outbox (the channel is held), and an alert says
+    which channel and why. Sending resumes once an operator fixes the settings and releases
+    the channel."""
+
+    problem = "misconfigured"
+    """What is wrong, as the hold's reason starts."""
+    fix = "fix its settings"
+    """What the operator does before releasing the channel."""
+
+
+class CredentialsRefusedError(ChannelMisconfiguredError):
     """The platform refused the channel's credentials (revoked token, 401 or 403): nothing
     more goes to this channel in the run, the rest waits in the outbox, and an alert says
     which channel and why. Sending resumes once an operator fixes the credentials and
     releases it."""
+
+    problem = "credentials refused"
+    fix = "fix them"

@@ -105,7 +105,18 @@ class Subscriber:
     topics: tuple[str, ...] = ()
     timezone: str | None = None
     status: str = "active"
+    frequency: str = "daily"
+    """How often they want digests: one of :data:`FREQUENCIES` (a schedule may ask for one)."""
     id: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.frequency not in FREQUENCIES:
+            raise ValueError(
+                f"frequency must be one of {', '.join(FREQUENCIES)}, not {self.frequency!r}"
+            )
+
+
+FREQUENCIES = ("daily", "weekly")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -145,7 +156,10 @@ class DeliveryResult:
 
     remote_id: str | None = None
     """The platform's message or post id, or where the file channel wrote it."""
+    url: str | None = None
+    """Where the post can be seen on its platform (its web address), when the platform says."""
     detail: str | None = None
+    """Anything else worth showing (an SMTP reply, "already posted")."""
 
 
 class Secret:

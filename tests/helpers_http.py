@@ -32,6 +32,8 @@ import pytest
 from distributor.channels.base import Channel
 from distributor.exceptions import DeliveryError
 from distributor.models import Message, Secret
+from distributor.rendering import environment
+from distributor.rendering.posts import render_post
 
 HANG_SECONDS = 5
 """How long a hanging request waits for the test to end, at the most."""
@@ -189,6 +191,34 @@ def build_channel(
         options=channel_class.Options.model_validate(options),
         secrets=secrets,
         root=Path("."),
+    )
+
+
+def rendered_post(
+    channel: Channel,
+    title: str,
+    link: str,
+    *,
+    summary: str | None = None,
+    hashtags: tuple[str, ...] = (),
+) -> str:
+    """The post the built-in template of ``channel``'s platform makes of an article, shortened
+    to the channel's limit as the pipeline shortens it."""
+    article = {
+        "title": title,
+        "breaking": False,
+        "link": link,
+        "hashtags": list(hashtags),
+        "study": None,
+        "summary": summary,
+    }
+    return render_post(
+        environment(None),
+        "post",
+        channel.platform_name,
+        {"article": article, "articles": [article]},
+        max_length=channel.length_limit,
+        url_length=channel.url_length,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import closing
@@ -27,6 +28,7 @@ from distributor.channels.bluesky import (
     facets,
     rate_limit_wait,
 )
+from distributor.delivery import Outbox
 from distributor.exceptions import (
     CredentialsRefusedError,
     DeliveryError,
@@ -34,6 +36,7 @@ from distributor.exceptions import (
     TransientDeliveryError,
 )
 from distributor.models import DeliveryResult, Message, Secret
+from distributor.store import Store
 from tests import helpers_http
 from tests.helpers_http import (
     Reply,
@@ -285,7 +288,7 @@ def test_a_post_with_a_link_card_and_its_thumbnail(pds: PDS, channel: BlueskyCha
     ]
     uri = pds.records[0]["uri"]
     assert result == DeliveryResult(
-        remote_id=uri, detail=f"https://bsky.app/profile/{HANDLE}/post/{uri.rsplit('/', 1)[1]}"
+        remote_id=uri, url=f"https://bsky.app/profile/{HANDLE}/post/{uri.rsplit('/', 1)[1]}"
     )
 
 
@@ -664,6 +667,42 @@ def test_confirm_finds_a_delivered_post_by_its_text(pds: PDS, channel: BlueskyCh
     assert channel.confirm(replace(MESSAGE, text="Never posted")) is None
     assert [r.query["limit"] for r in pds.calls(LIST_RECORDS)] == [["25"], ["25"]]
     assert len(pds.records) == 4
+
+
+def test_after_a_crash_the_post_found_is_recorded_with_its_address(
+    pds: PDS, channel: BlueskyChannel, tmp_path: Path
+) -> None:
+    """A process died after Bluesky made the post and before it was recorded: the next start
+    asks the channel, which finds it, and the delivery is sent with the post's id and address."""
+    store = Store.open(f"sqlite:///{tmp_path / 'sky.db'}")
+    try:
+        edition, _ = store.claim_edition(
+            "breaking-alerts",
+            datetime(2024, 5, 1, 9, 0, tzinfo=UTC),
+            state="delivering",
+            sections=[],
+        )
+        store.add_deliveries(
+            edition.id, [{"channel": "sky", "recipient": "sky", "message_key": MESSAGE.key}]
+        )
+        [row] = store.deliveries_of(edition.id)
+        dead = f"{socket.gethostname()}:{2**22 + 12345}:gone"  # no such process
+        assert store.start_delivery(row.id, claimant=dead)
+        made = channel.send(MESSAGE)  # what the dead process got through
+
+        with closing(make_channel(pds.url)) as restarted:
+            settled = Outbox(store, kind_of=lambda name: "post").reconcile(
+                messages_of=lambda e, rows: {("sky", "sky", MESSAGE.key): MESSAGE},
+                channel_of=lambda name: restarted,
+                edition_ref=lambda e: MESSAGE.edition,
+            )
+        assert settled.settled == {"sky": {"sent": 1}}
+        [row] = store.deliveries_of(edition.id)
+        assert (row.status, row.remote_id, row.remote_url) == ("sent", made.remote_id, made.url)
+        assert row.remote_url is not None and row.remote_url.startswith("https://bsky.app/")
+        assert len(pds.records) == 1
+    finally:
+        store.close()
 
 
 def test_confirm_ignores_the_same_text_posted_before_the_edition(

@@ -24,6 +24,7 @@ from distributor.exceptions import (
     TransientDeliveryError,
 )
 from distributor.models import Message, Secret
+from distributor.rendering.length import discord_text
 from tests import helpers_http
 from tests.helpers_http import (
     Reply,
@@ -34,6 +35,7 @@ from tests.helpers_http import (
     error_texts,
     failures,
     free_port,
+    rendered_post,
     serve,
 )
 
@@ -176,7 +178,7 @@ def test_the_post_arrives_as_a_webhook_execution(discord: Discord, channel: Disc
         ],
     }
     assert result.remote_id == "1230000000000000001"
-    assert result.detail == "https://discord.com/channels/777/555/1230000000000000001"
+    assert result.url == "https://discord.com/channels/777/555/1230000000000000001"
 
 
 def test_what_the_channel_declares(channel: DiscordChannel) -> None:
@@ -312,6 +314,39 @@ def test_a_post_too_long_once_escaped_is_refused_before_sending(
     assert isinstance(error_, PermanentDeliveryError)
     assert "2002 characters long once escaped" in error_.reason
     assert len(discord.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "unit",
+    [
+        pytest.param("*", id="asterisks"),
+        pytest.param("_~`|", id="markdown"),
+        pytest.param("[x](y) ", id="masked links"),
+        pytest.param("<@123> ", id="mentions"),
+        pytest.param("\\", id="backslashes"),
+        pytest.param("😷*", id="emoji and asterisks"),
+        pytest.param("a", id="nothing to escape"),
+    ],
+)
+def test_a_post_near_the_limit_with_characters_that_escape_is_shortened_then_sent(
+    discord: Discord, channel: DiscordChannel, unit: str
+) -> None:
+    """The limit is counted on the content as Discord receives it, escaped, so the post is
+    shortened when it is rendered instead of refused when it is sent."""
+    title = (unit * 2000)[: 2000 - len(URL) - 10]
+    text = rendered_post(channel, title, URL)
+    whole = f"{title}\n\n{URL}"
+    assert len(whole) <= 2000  # written, the post fits; escaped, it may not
+    if unit != "a":
+        assert len(discord_text(whole, URL)) > 2000
+        assert "…" in text
+    else:
+        assert title in text
+    result = channel.send(replace(MESSAGE, text=text, payload={**MESSAGE.payload, "url": URL}))
+    assert result.remote_id is not None
+    content = discord.requests[-1].json["content"]
+    assert 1900 <= len(content) <= 2000 or unit == "a"
+    assert content.endswith(f"\n<{URL}>")  # the link whole, its card shown once
 
 
 def test_an_empty_post_is_refused_before_sending(discord: Discord, channel: DiscordChannel) -> None:
@@ -495,7 +530,7 @@ def test_a_success_without_a_message_has_no_id(
     discord.script = [reply]
     result = channel.send(MESSAGE)
     assert result.remote_id is None
-    assert result.detail is None
+    assert result.url is None
 
 
 # --- the webhook stays secret ------------------------------------------------------------------

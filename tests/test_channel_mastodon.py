@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import time
 from collections.abc import Iterator
 from contextlib import closing
@@ -39,11 +41,13 @@ from tests.helpers_http import (
 
 TOKEN = "mastodon-token-5e1f-not-for-errors"
 VARIABLE = "MASTODON_TOKEN"
+FIRED = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+"""The edition's fire time: a few minutes ago, as for a post sent when its edition fires."""
 MESSAGE = Message(
     channel="toots",
     recipient="toots",
     key="a1",
-    edition="breaking-alerts@20240501T090000Z",
+    edition=f"breaking-alerts@{FIRED:%Y%m%dT%H%M%SZ}",
     text="BREAKING: Coffee drinkers live longer, study finds https://example.org/a1 #health",
     article_ids=("a1",),
     payload={"url": "https://example.org/a1", "title": "Coffee", "description": "", "image": ""},
@@ -73,6 +77,31 @@ class Instance(Server):
     """``before``: say nothing, keep nothing; ``after``: keep the status, then say nothing."""
     statuses: list[dict[str, Any]] = field(default_factory=list)
     by_key: dict[str, dict[str, Any]] = field(default_factory=dict)
+    account_id: str = "109348"
+    get_script: list[Reply] = field(default_factory=list)
+    """Answers to the next GETs of the account and its statuses."""
+
+    def forget_keys(self) -> None:
+        """An hour later: the instance no longer knows the Idempotency-Keys it was sent."""
+        self.by_key.clear()
+
+    def add_status(self, text: str, *, made: datetime | None = None) -> dict[str, Any]:
+        """A status of the account, as the instance shows it: HTML, links made anchors."""
+        number = str(110000 + len(self.statuses))
+        status = {
+            "id": number,
+            "created_at": (made or datetime.now(UTC)).isoformat().replace("+00:00", "Z"),
+            "uri": f"{self.url}/users/desk/statuses/{number}",
+            "url": f"{self.url}/@desk/{number}",
+            "content": "<p>" + _LINK.sub(_anchor, html.escape(text, quote=False)) + "</p>",
+            "visibility": "public",
+            "language": None,
+        }
+        self.statuses.append(status)
+        return status
+
+    def gets(self) -> list[str]:
+        return [r.route for r in self.requests if r.method == "GET"]
 
     def posts(self) -> list[Request]:
         return [r for r in self.requests if r.method == "POST"]
@@ -84,6 +113,15 @@ class Instance(Server):
         if request.method == "GET":
             if request.path == "/api/v2/instance":
                 return self.instance
+            if self.get_script and request.route.startswith("/api/v1/accounts/"):
+                return self.get_script.pop(0)
+            if request.headers.get("authorization") != f"Bearer {self.token}":
+                return json_reply(401, {"error": "The access token is invalid"})
+            if request.route == "/api/v1/accounts/verify_credentials":
+                return json_reply(200, {"id": self.account_id, "username": "desk"})
+            if request.route == f"/api/v1/accounts/{self.account_id}/statuses":
+                limit = int(request.query.get("limit", ["20"])[0])
+                return json_reply(200, list(reversed(self.statuses))[:limit])  # newest first
             return json_reply(404, {"error": "Record not found"})
         if request.path != "/api/v1/statuses":
             return json_reply(404, {"error": "Record not found"})
@@ -109,21 +147,26 @@ class Instance(Server):
             )
         if document.get("visibility") not in {"public", "unlisted", "private", "direct"}:
             return json_reply(422, {"error": "Validation failed: Visibility is not included"})
-        number = str(110000 + len(self.statuses))
-        status = {
-            "id": number,
-            "uri": f"{self.url}/users/desk/statuses/{number}",
-            "url": f"{self.url}/@desk/{number}",
-            "content": f"<p>{text}</p>",
-            "visibility": document["visibility"],
-            "language": document.get("language"),
-        }
-        self.statuses.append(status)
+        status = self.add_status(text)
+        status["visibility"] = document["visibility"]
+        status["language"] = document.get("language")
         if key:
             self.by_key[key] = status
         if self.hang == "after":
             return Reply(hang=True)
         return json_reply(200, status)
+
+
+_LINK = re.compile(r"https?://[^\s<]+")
+
+
+def _anchor(found: re.Match[str]) -> str:
+    """A link as Mastodon renders one: an anchor with the address, shown shortened."""
+    address = found.group()  # already HTML-escaped
+    return (
+        f'<a href="{address}" rel="nofollow noopener" target="_blank">'
+        f'<span class="invisible">https://</span><span class="">{address[8:30]}</span></a>'
+    )
 
 
 @pytest.fixture
@@ -166,8 +209,8 @@ def test_a_post_becomes_a_status(instance: Instance, channel: MastodonChannel) -
     assert len(request.headers["idempotency-key"]) == 64
     assert json.loads(request.body) == {"status": MESSAGE.text, "visibility": "public"}
     [status] = instance.statuses
-    assert result == DeliveryResult(remote_id=status["id"], detail=status["url"])
-    assert result.detail == f"{instance.url}/@desk/110000"
+    assert result == DeliveryResult(remote_id=status["id"], url=status["url"])
+    assert result.url == f"{instance.url}/@desk/110000"
 
 
 def test_visibility_and_language_are_sent(instance: Instance) -> None:
@@ -188,7 +231,8 @@ def test_the_idempotency_key_is_stable_across_a_retry_and_differs_for_another_po
     assert isinstance(send_failing(channel), TransientDeliveryError)
     first = channel.send(MESSAGE)
     other = channel.send(replace(MESSAGE, key="a2", text="Another story https://example.org/a2"))
-    later = channel.send(replace(MESSAGE, edition="breaking-alerts@20240502T090000Z"))
+    tomorrow = FIRED + timedelta(days=1)
+    later = channel.send(replace(MESSAGE, edition=f"breaking-alerts@{tomorrow:%Y%m%dT%H%M%SZ}"))
 
     keys = [r.headers["idempotency-key"] for r in instance.posts()]
     assert keys[0] == keys[1]
@@ -446,6 +490,150 @@ def test_confirm_says_why_it_cannot_ask(instance: Instance, channel: MastodonCha
     instance.script = [Reply(503)]
     with pytest.raises(TransientDeliveryError):
         channel.confirm(MESSAGE)
+
+
+# --- a post whose outcome is unknown, within and after the Idempotency-Key's life --------------
+
+
+def edition_at(moment: datetime) -> str:
+    return f"breaking-alerts@{moment:%Y%m%dT%H%M%SZ}"
+
+
+def test_after_a_restart_within_the_keys_life_confirm_repeats_the_request(
+    instance: Instance,
+) -> None:
+    """A new process (nothing remembered) whose edition fired minutes ago: the first attempt
+    was no earlier, so the instance still knows the key and answers with its status."""
+    with closing(make_channel(instance.url)) as first:
+        made = first.send(MESSAGE)
+    with closing(make_channel(instance.url)) as restarted:
+        assert restarted.confirm(MESSAGE) == made
+    assert len(instance.statuses) == 1
+    assert len({r.headers["idempotency-key"] for r in instance.posts()}) == 1
+    assert "/api/v1/accounts/verify_credentials" not in instance.gets()
+
+
+def test_after_the_keys_life_confirm_looks_at_the_statuses_and_finds_the_post(
+    instance: Instance,
+) -> None:
+    old = replace(MESSAGE, edition=edition_at(FIRED - timedelta(hours=3)))
+    with closing(make_channel(instance.url)) as first:
+        made = first.send(old)  # (its edition was held for approval for three hours)
+    instance.forget_keys()
+    instance.add_status("Another account's news https://example.org/other")
+    instance.requests.clear()
+    with closing(make_channel(instance.url)) as restarted:
+        found = restarted.confirm(old)
+        assert restarted.confirm(old) == found  # the account is asked for once
+    assert found == DeliveryResult(remote_id=made.remote_id, url=made.url)
+    assert instance.posts() == []  # nothing posted again
+    assert instance.gets().count("/api/v1/accounts/verify_credentials") == 1
+    timeline = [r for r in instance.requests if r.route.endswith("/statuses")]
+    assert timeline[0].route == "/api/v1/accounts/109348/statuses"
+    assert timeline[0].query["limit"] == ["40"]
+    assert timeline[0].headers["authorization"] == f"Bearer {TOKEN}"
+
+
+def test_after_the_keys_life_confirm_reports_a_post_not_found(instance: Instance) -> None:
+    old = replace(MESSAGE, edition=edition_at(FIRED - timedelta(hours=3)))
+    instance.add_status(f"Older news {MESSAGE.payload['url']}", made=FIRED - timedelta(hours=4))
+    instance.add_status("Something else https://example.org/a10")  # the link is only a prefix
+    with closing(make_channel(instance.url)) as channel:
+        assert channel.confirm(old) is None
+    assert instance.posts() == []
+
+
+def test_a_link_with_a_query_is_found_through_the_html(instance: Instance) -> None:
+    link = "https://example.org/a1?utm_source=mastodon&utm_medium=social"
+    old = replace(
+        MESSAGE,
+        edition=edition_at(FIRED - timedelta(hours=2)),
+        text=f"Coffee <3 & tea {link} #health",
+        payload={**MESSAGE.payload, "url": link},
+    )
+    status = instance.add_status(old.text)
+    assert "&amp;utm_medium" in status["content"]
+    with closing(make_channel(instance.url)) as channel:
+        found = channel.confirm(old)
+    assert found is not None and found.remote_id == status["id"]
+
+
+def test_a_retry_past_the_keys_life_looks_first_and_does_not_post_twice(
+    instance: Instance,
+) -> None:
+    """A post that timed out after the instance made it, retried more than an hour later (a
+    long Retry-After): the key is forgotten, so the channel looks before posting again."""
+    channel = make_channel(instance.url, timeout=0.3)
+    try:
+        instance.hang = "after"
+        assert isinstance(send_failing(channel), TransientDeliveryError)
+        [made] = instance.statuses
+        instance.hang = None
+        instance.forget_keys()
+        later = datetime.now(UTC) + timedelta(hours=2)
+        channel.clock = lambda: later
+        again = channel.send(MESSAGE)
+        other = channel.send(
+            replace(
+                MESSAGE,
+                key="a2",
+                text="New https://example.org/a2",
+                payload={"url": "https://example.org/a2"},
+            )
+        )
+    finally:
+        channel.close()
+    assert again == DeliveryResult(remote_id=made["id"], url=made["url"])
+    assert len(instance.posts()) == 2  # the first attempt and the other post, nothing twice
+    assert other.remote_id != made["id"] and len(instance.statuses) == 2
+
+
+def test_a_retry_past_the_keys_life_posts_when_the_first_attempt_never_arrived(
+    instance: Instance,
+) -> None:
+    channel = make_channel(instance.url, timeout=0.3)
+    try:
+        instance.hang = "before"
+        assert isinstance(send_failing(channel), TransientDeliveryError)
+        instance.hang = None
+        later = datetime.now(UTC) + timedelta(hours=2)
+        channel.clock = lambda: later
+        result = channel.send(MESSAGE)
+    finally:
+        channel.close()
+    assert [s["id"] for s in instance.statuses] == [result.remote_id]
+    assert "/api/v1/accounts/verify_credentials" in instance.gets()
+
+
+def test_an_old_edition_is_posted_when_its_token_cannot_read_statuses(
+    instance: Instance,
+) -> None:
+    """A token with write:statuses only: looking for an earlier post is refused; nothing in
+    this process tried the post before, so it is posted, once."""
+    instance.get_script = [json_reply(403, {"error": "This action is outside the scopes"})]
+    old = replace(MESSAGE, edition=edition_at(FIRED - timedelta(hours=3)))
+    with closing(make_channel(instance.url)) as channel:
+        result = channel.send(old)
+    assert [s["id"] for s in instance.statuses] == [result.remote_id]
+
+
+@pytest.mark.parametrize(
+    ("reply", "error_class"),
+    [
+        (Reply(503), TransientDeliveryError),
+        (json_reply(401, {"error": "The access token is invalid"}), CredentialsRefusedError),
+        (json_reply(200, {"username": "no id"}), TransientDeliveryError),
+    ],
+)
+def test_confirm_says_why_it_cannot_look(
+    instance: Instance, reply: Reply, error_class: type[Exception]
+) -> None:
+    instance.get_script = [reply]
+    old = replace(MESSAGE, edition=edition_at(FIRED - timedelta(hours=3)))
+    with closing(make_channel(instance.url)) as channel, pytest.raises(error_class) as caught:
+        channel.confirm(old)
+    assert TOKEN not in str(caught.value)
+    assert instance.posts() == []
 
 
 def test_a_refused_connection_is_passing() -> None:

@@ -24,6 +24,7 @@ from distributor.exceptions import (
     TransientDeliveryError,
 )
 from distributor.models import DeliveryResult, Message, Secret
+from distributor.rendering.length import slack_escape
 from tests import helpers_http
 from tests.helpers_http import (
     Reply,
@@ -34,6 +35,7 @@ from tests.helpers_http import (
     error_texts,
     failures,
     free_port,
+    rendered_post,
     serve,
 )
 
@@ -302,6 +304,53 @@ def test_a_post_too_long_once_escaped_is_refused_before_sending(
     assert isinstance(error_, PermanentDeliveryError)
     assert "5005 characters long once escaped" in error_.reason
     assert slack.requests == []
+
+
+LONG_LINK = URL + "?utm_source=slack&utm_medium=social&utm_campaign=breaking"
+
+
+@pytest.mark.parametrize(
+    ("unit", "link", "summary"),
+    [
+        pytest.param("&", URL, None, id="ampersands"),
+        pytest.param("<b>", URL, None, id="tags"),
+        pytest.param("<!everyone> ", URL, None, id="mentions"),
+        pytest.param("Fish & chips > peas ", LONG_LINK, None, id="words, a link with &"),
+        pytest.param("😷&", URL, "Lead & more " * 60, id="emoji, a lead with &"),
+        pytest.param("a", URL, None, id="nothing to escape"),
+    ],
+)
+def test_a_post_near_the_limit_with_characters_that_escape_is_shortened_then_sent(
+    slack: Slack, channel: SlackChannel, unit: str, link: str, summary: str | None
+) -> None:
+    """The limit is counted on the section text as Slack receives it, escaped, so the post is
+    shortened when it is rendered instead of refused when it is sent."""
+    title = (unit * 3000)[: 3000 - len(link) - 10]
+    text = rendered_post(channel, title, link, summary=summary)
+    whole = f"{title}\n\n{link}"
+    assert len(whole) <= 3000  # written, the post fits; escaped, it may not
+    if unit != "a":
+        assert len(slack_escape(whole)) > 3000
+        assert "…" in text
+    else:
+        assert title in text
+    result = channel.send(replace(MESSAGE, text=text, payload={**MESSAGE.payload, "url": link}))
+    assert result.detail == NO_ID
+    section = slack.requests[-1].json["blocks"][0]["text"]["text"]
+    assert len(section) <= 3000
+    assert len(section) >= 2900 or unit == "a"
+    assert slack.posted[-1].links[-1][0] == link  # the link whole, made a link
+    assert slack.posted[-1].mentions == []
+
+
+def test_a_lead_of_escaping_characters_is_cut_so_the_post_still_fits(
+    slack: Slack, channel: SlackChannel
+) -> None:
+    text = rendered_post(channel, "A title", URL, summary="&" * 5000)
+    assert URL in text and "A title" in text
+    channel.send(replace(MESSAGE, text=text))
+    assert len(slack.requests[-1].json["blocks"][0]["text"]["text"]) <= 3000
+    assert slack.posted[-1].links == [(URL, TITLE)]
 
 
 def test_an_empty_post_is_refused_before_sending(slack: Slack, channel: SlackChannel) -> None:

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,16 @@ from pydantic import ValidationError
 
 from distributor.channels.base import RateLimit
 from distributor.channels.telegram import TelegramChannel, post_link
+from distributor.delivery import Outbox, Plan
 from distributor.exceptions import (
+    ChannelMisconfiguredError,
     CredentialsRefusedError,
     DeliveryError,
     PermanentDeliveryError,
     TransientDeliveryError,
 )
 from distributor.models import Message, Secret
+from distributor.store import Store
 from tests import helpers_http
 from tests.helpers_http import (
     Reply,
@@ -189,7 +193,7 @@ def test_the_post_arrives_as_the_bot_api_expects(api: BotAPI, channel: TelegramC
         "link_preview_options": {"url": URL},
     }
     assert result.remote_id == "101"
-    assert result.detail == "https://t.me/medicalnews/101"
+    assert result.url == "https://t.me/medicalnews/101"
     assert read_markup(request.json["text"]).text == MESSAGE.text
 
 
@@ -228,7 +232,7 @@ def test_the_detail_links_to_the_post(
         result = channel.send(MESSAGE)
     assert api.requests[0].json["chat_id"] == chat_id
     assert result.remote_id == "101"
-    assert result.detail == detail
+    assert result.url == detail
 
 
 @pytest.mark.parametrize(
@@ -399,12 +403,42 @@ def test_a_revoked_token_is_refused_credentials(api: BotAPI, channel: TelegramCh
     assert VARIABLE in error_.reason
 
 
-def test_a_kicked_bot_is_refused_credentials(api: BotAPI, channel: TelegramChannel) -> None:
-    api.script = [error(403, "Forbidden: bot was kicked from the channel chat")]
+@pytest.mark.parametrize(
+    ("reply", "said", "advice"),
+    [
+        (
+            error(403, "Forbidden: bot was kicked from the channel chat"),
+            "bot was kicked",
+            "administrator",
+        ),
+        (
+            error(403, "Forbidden: bot is not a member of the channel chat"),
+            "not a member",
+            "administrator",
+        ),
+        (error(400, "Bad Request: chat not found"), "chat not found", "check chat_id"),
+        (
+            error(400, "Bad Request: not enough rights to send text messages to the chat"),
+            "not enough rights",
+            "administrator",
+        ),
+        (
+            error(400, "Bad Request: need administrator rights in the channel chat"),
+            "administrator rights",
+            "administrator",
+        ),
+    ],
+)
+def test_a_chat_the_bot_cannot_post_in_is_a_misconfigured_channel(
+    api: BotAPI, channel: TelegramChannel, reply: Reply, said: str, advice: str
+) -> None:
+    api.script = [reply]
     error_ = send_failing(channel)
-    assert isinstance(error_, CredentialsRefusedError)
-    assert "bot was kicked" in error_.reason
-    assert "administrator" in error_.reason
+    assert isinstance(error_, ChannelMisconfiguredError)
+    assert not isinstance(error_, CredentialsRefusedError)  # the token is fine
+    assert said in error_.reason and advice in error_.reason
+    assert "@medicalnews" in error_.reason
+    assert TOKEN not in str(error_)
 
 
 def test_a_base_url_that_is_not_the_bot_api_is_refused_credentials(api: BotAPI) -> None:
@@ -423,11 +457,75 @@ def test_a_malformed_token_is_refused_before_sending(api: BotAPI) -> None:
     assert api.requests == []
 
 
-def test_an_unknown_chat_is_permanent_with_the_description(api: BotAPI) -> None:
+def test_an_unknown_chat_is_a_misconfigured_channel(api: BotAPI) -> None:
     with closing(make_channel(api.url, chat_id="@nosuchchannel")) as channel:
         error_ = send_failing(channel)
+    assert type(error_) is ChannelMisconfiguredError
+    assert "answered HTTP 400: Bad Request: chat not found: no chat @nosuchchannel" in (
+        error_.reason
+    )
+
+
+def test_the_engine_holds_a_channel_whose_chat_is_wrong_and_fails_nothing(
+    api: BotAPI, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A wrong chat_id: the first post is refused, the channel is held with an ERROR alert,
+    and every post waits in the outbox (none failed) until an operator fixes chat_id and
+    releases the channel; then each goes out once."""
+    store = Store.open(f"sqlite:///{tmp_path / 'telegram.db'}")
+    try:
+        edition, _ = store.claim_edition(
+            "breaking", datetime(2026, 11, 21, 3, 0, tzinfo=UTC), state="selected", sections=[]
+        )
+        posts = [replace(MESSAGE, key=f"a{i}", text=f"Post {i} {URL}") for i in range(3)]
+        store.add_deliveries(
+            edition.id,
+            [{"channel": "telegram", "recipient": "telegram", "message_key": m.key} for m in posts],
+        )
+
+        def send_with(chat_id: str) -> str:
+            with closing(make_channel(api.url, chat_id=chat_id)) as channel:
+                plan = Plan(
+                    channel=channel,
+                    messages=lambda keys: (m for m in posts if (m.recipient, m.key) in keys),
+                )
+                box = Outbox(store, kind_of=lambda name: "post", backoff=lambda n: 0.01)
+                return box.send_edition(edition.id, [plan], dry_run=False, gate=lambda: None).state
+
+        with caplog.at_level(logging.ERROR):
+            assert send_with("@nosuchchannel") == "delivering"
+        assert len(api.requests) == 1  # the first refusal held the channel
+        rows = store.deliveries_of(edition.id)
+        assert sorted(d.status for d in rows) == ["pending"] * 3
+        hold = store.channel_hold("telegram")
+        assert hold is not None and "misconfigured" in (hold.reason or "")
+        assert "chat not found" in (hold.reason or "")
+        alerts = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        assert any(
+            "ALERT" in a and "channel telegram is misconfigured" in a and "chat_id" in a
+            for a in alerts
+        ), alerts
+        assert all(TOKEN not in a for a in alerts)
+
+        assert send_with("@nosuchchannel") == "delivering"  # held: nothing is tried
+        assert len(api.requests) == 1
+        store.release("channel:telegram")
+        assert send_with("@medicalnews") == "done"
+        rows = store.deliveries_of(edition.id)
+        assert sorted(d.status for d in rows) == ["sent"] * 3
+        assert sorted(d.remote_url or "" for d in rows) == [
+            f"https://t.me/medicalnews/{n}" for n in (101, 102, 103)
+        ]
+    finally:
+        store.close()
+
+
+def test_a_post_telegram_refuses_for_itself_is_permanent_for_that_post_only(
+    api: BotAPI, channel: TelegramChannel
+) -> None:
+    api.script = [error(400, "Bad Request: can't parse entities: unexpected end tag")]
+    error_ = send_failing(channel)
     assert type(error_) is PermanentDeliveryError
-    assert error_.reason.endswith("answered HTTP 400: Bad Request: chat not found")
 
 
 def test_a_group_that_moved_says_where(api: BotAPI, channel: TelegramChannel) -> None:

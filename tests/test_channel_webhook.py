@@ -171,6 +171,14 @@ def test_extra_headers_are_sent(receiver: Receiver) -> None:
             Reply(status=202, headers={"X-Request-Id": "req-9"}, body=b"queued"),
             DeliveryResult(remote_id="req-9"),
         ),
+        (
+            Reply(status=201, body=b'{"id": "p2", "url": "https://cms.example.org/p/2"}'),
+            DeliveryResult(remote_id="p2", url="https://cms.example.org/p/2"),
+        ),
+        (
+            Reply(status=201, body=b'{"id": "p3", "url": "javascript:alert(1)"}'),
+            DeliveryResult(remote_id="p3"),
+        ),
         (Reply(status=200, body=b'["post-1"]'), DeliveryResult(remote_id=None)),
         (Reply(status=204), DeliveryResult(remote_id=None)),
         (

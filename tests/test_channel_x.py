@@ -29,6 +29,8 @@ from pydantic import ValidationError
 
 from distributor.channels.base import RateLimit
 from distributor.channels.x import XChannel
+from distributor.delivery import Outbox, Plan
+from distributor.delivery.limits import SEND_MARGIN
 from distributor.exceptions import (
     CredentialsRefusedError,
     DeliveryError,
@@ -36,6 +38,7 @@ from distributor.exceptions import (
     TransientDeliveryError,
 )
 from distributor.models import DeliveryResult, Message, Secret
+from distributor.store import Store
 from tests import helpers_http
 from tests.helpers_http import QuietHandler, Request, build_channel, free_port, serve
 
@@ -473,7 +476,7 @@ def test_a_post_is_made_and_its_id_and_address_are_kept(
     [post] = x_server.posts
     assert post.text == MESSAGE.text
     assert result == DeliveryResult(
-        remote_id=post.id, detail=f"https://x.com/healthnews/status/{post.id}"
+        remote_id=post.id, url=f"https://x.com/healthnews/status/{post.id}"
     )
     posted = next(s for s in x_server.requests if s.method == "POST")
     assert json.loads(posted.body) == {"text": MESSAGE.text}
@@ -676,7 +679,7 @@ def test_a_timeout_after_the_post_arrived_is_passing_and_confirm_finds_the_post(
         [post] = x_server.posts
 
         expected = DeliveryResult(
-            remote_id=post.id, detail=f"https://x.com/healthnews/status/{post.id}"
+            remote_id=post.id, url=f"https://x.com/healthnews/status/{post.id}"
         )
         assert channel.confirm(MESSAGE) == expected
         # Sent again, X refuses the duplicate, and the post made the first time is recorded.
@@ -718,7 +721,7 @@ def test_a_duplicate_found_among_recent_posts_is_recorded_as_that_post(
 ) -> None:
     earlier = x_server.add_post(MESSAGE.text)
     assert channel.send(MESSAGE) == DeliveryResult(
-        remote_id=earlier.id, detail=f"https://x.com/healthnews/status/{earlier.id}"
+        remote_id=earlier.id, url=f"https://x.com/healthnews/status/{earlier.id}"
     )
     assert len(x_server.posts) == 1
 
@@ -851,9 +854,7 @@ def test_confirm_compares_texts_through_t_co_links(
 
     result = channel.confirm(MESSAGE)
 
-    expected = DeliveryResult(
-        remote_id=post.id, detail=f"https://x.com/healthnews/status/{post.id}"
-    )
+    expected = DeliveryResult(remote_id=post.id, url=f"https://x.com/healthnews/status/{post.id}")
     assert result == (expected if found else None)
 
 
@@ -889,3 +890,86 @@ def test_confirm_raises_when_x_cannot_be_asked(x_server: XServer, channel: XChan
     with pytest.raises(CredentialsRefusedError) as caught:
         channel.confirm(MESSAGE)
     assert_no_secret(str(caught.value))
+
+
+# --- the daily cap, on the engine ----------------------------------------------------------------
+
+
+class TimedXChannel(XChannel):
+    """The X channel on a clock of the test's: each post takes ``step`` seconds of it."""
+
+    clock: list[float]
+    step = 600.0
+
+    def send(self, message: Message) -> DeliveryResult:
+        result = super().send(message)
+        self.clock[0] += self.step
+        return result
+
+
+def test_a_schedule_past_the_daily_cap_spreads_the_rest_as_places_free(
+    x_server: XServer, tmp_path: Path
+) -> None:
+    """20 posts under the free tier's 17 a day: 17 go now, and each of the other 3 waits for
+    its own place in the rolling 24 hours (the send 17 before it leaving the window), not all
+    for the next day; none is dropped or failed, and each goes out once when its place frees."""
+    clock = [time.time()]
+    start = clock[0]
+    store = Store.open(f"sqlite:///{tmp_path / 'x.db'}")
+    channel = build_channel(
+        TimedXChannel,
+        "x",
+        option_values(base_url=x_server.url, timeout=5),
+        {key: Secret(VALUES[key], variable=VARIABLES[key]) for key in VARIABLES},
+    )
+    channel.clock = clock
+    try:
+        edition, _ = store.claim_edition("breaking", FIRED, state="selected", sections=[])
+        posts = [
+            replace(MESSAGE, key=f"a{i}", text=f"Story {i} https://example.org/a{i}")
+            for i in range(20)
+        ]
+        store.add_deliveries(
+            edition.id,
+            [{"channel": "x", "recipient": "x", "message_key": m.key} for m in posts],
+        )
+        plan = Plan(
+            channel=channel,
+            messages=lambda keys: (m for m in posts if (m.recipient, m.key) in keys),
+        )
+
+        def run() -> str:
+            box = Outbox(store, kind_of=lambda name: "post", clock=lambda: clock[0])
+            return box.send_edition(edition.id, [plan], dry_run=False, gate=lambda: None).state
+
+        assert run() == "delivering"
+        assert len(x_server.posts) == 17
+        rows = {d.message_key: d for d in store.deliveries_of(edition.id)}
+        waiting = sorted((d for d in rows.values() if d.status == "pending"), key=lambda d: d.id)
+        assert [d.message_key for d in waiting] == ["a17", "a18", "a19"]
+        # The k-th send was in X's hands ten minutes after it started: its place frees 24 h
+        # (and a margin) later, and the post beyond the cap that waits for it goes then.
+        frees = [start + 600 * (k + 1) + 86400 + SEND_MARGIN for k in range(3)]
+        for row, free in zip(waiting, frees, strict=True):
+            assert row.next_attempt_at is not None
+            assert abs(row.next_attempt_at.timestamp() - free) < 0.01, (row.message_key, free)
+            assert (row.attempts, row.failures) == (0, 0)
+            assert "rate limit 17 per day" in (row.last_error or "")
+        assert all(d.status in ("sent", "pending") for d in rows.values())
+
+        channel.step = 0.0  # from now on posts take no time
+        clock[0] = frees[0]  # the first place frees: one post, and only one, goes
+        assert run() == "delivering"
+        assert len(x_server.posts) == 18
+        left = [d for d in store.deliveries_of(edition.id) if d.status == "pending"]
+        assert sorted(d.message_key for d in left) == ["a18", "a19"]
+        assert all(d.next_attempt_at and d.next_attempt_at.timestamp() > clock[0] for d in left)
+
+        clock[0] = frees[2] + 1  # both later places have freed
+        assert run() == "done"
+        assert len(x_server.posts) == 20
+        assert sorted(p.text for p in x_server.posts) == sorted(m.text for m in posts)
+        assert {d.status for d in store.deliveries_of(edition.id)} == {"sent"}
+    finally:
+        channel.close()
+        store.close()

@@ -135,14 +135,23 @@ COUNTS = [
     ("telegram", "東京で地震", 5),
     ("telegram", HEBREW, 9),
     ("telegram", ZOE, 4),
-    # Discord and Slack: code points, links in full
+    # Discord and Slack: code points of what arrives, escaped, each link in full plus <...>
     ("discord", "Flu season 😷", 12),
     ("discord", FAMILY, 7),
     ("discord", FLAGS, 4),
     ("discord", ZOE, 4),
-    ("discord", f"Study: {LINK}", 33),
-    ("slack", "<b>x</b> &amp;", 14),
+    ("discord", f"Study: {LINK}", 33 + 2),
+    ("discord", "*Bold* _claims_ [x](y) @everyone", 32 + 6),
+    ("discord", "# Heading\n- item", 16 + 2),
+    ("discord", "a\\b", 4),
+    ("discord", f"{LINK}_x*y more_", 30 + 2 + 6 + 1),  # the link ends at a space
+    ("slack", "<b>x</b> &amp;", 14 + 16),
+    ("slack", "Fish & chips", 16),
     ("slack", FAMILY, 7),
+    ("slack", f"Study: {LINK}", 33 + 2),
+    ("slack", f"{LINK}?a=1&b=2", 34 + 2 + 4),
+    ("slack", "https://ex.org/a|b", 18 + 2 + 2),  # "|" goes into the address as %7C
+    ("slack", "https://ex.org/a<<<<", 16 + 16),  # kept escaped, the longer form
 ]
 
 

@@ -11,7 +11,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -32,8 +31,9 @@ FIRE = datetime(2026, 11, 21, 3, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store.open(f"sqlite:///{tmp_path / 'outbox.db'}")
+def store(db_url: str) -> Iterator[Store]:
+    """The outbox's store on SQLite and on PostgreSQL (``db_url`` in conftest.py)."""
+    store = Store.open(db_url, migrate_now=True)
     yield store
     store.close()
 

@@ -59,6 +59,7 @@ from distributor.channels.http import (
     parse_retry_after,
     required_secret,
     retry_after_wait,
+    web_link,
 )
 from distributor.exceptions import (
     CredentialsRefusedError,
@@ -208,7 +209,7 @@ class BlueskyChannel(Channel):
         if not isinstance(uri, str) or not uri.startswith("at://"):
             log.warning("%s: post made, but the answer carries no record uri", self.name)
             return DeliveryResult(remote_id=None)
-        return DeliveryResult(remote_id=uri, detail=self._post_link(uri))
+        return DeliveryResult(remote_id=uri, url=self._post_link(uri))
 
     def confirm(self, message: Message) -> DeliveryResult | None:
         """The post made for ``message``, found among the account's latest posts
@@ -235,7 +236,7 @@ class BlueskyChannel(Channel):
                 if made is None or made < since - _CLOCK_SKEW:
                     continue
             uri = entry["uri"]
-            return DeliveryResult(remote_id=uri, detail=self._post_link(uri))
+            return DeliveryResult(remote_id=uri, url=self._post_link(uri))
         return None
 
     def close(self) -> None:
@@ -368,10 +369,11 @@ class BlueskyChannel(Channel):
             secrets += [self._session.access, self._session.refresh]
         return hide(text, secrets)
 
-    def _post_link(self, uri: str) -> str:
+    def _post_link(self, uri: str) -> str | None:
+        """The post's bsky.app address; None when the answer's parts make no clean one."""
         session = self._session
         handle = session.handle if session is not None else self.options.handle
-        return f"https://bsky.app/profile/{handle}/post/{uri.rsplit('/', 1)[-1]}"
+        return web_link(f"https://bsky.app/profile/{handle}/post/{uri.rsplit('/', 1)[-1]}")
 
     # --- the link card -------------------------------------------------------------------
 

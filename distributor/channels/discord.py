@@ -36,7 +36,6 @@ log lines have it masked.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -68,17 +67,11 @@ from distributor.exceptions import (
 )
 from distributor.models import DeliveryResult, Message, Secret
 from distributor.plugins import PluginOptions
+from distributor.rendering.length import discord_text
 
 MAX_CONTENT = 2000
 MAX_EMBED_TITLE = 256
 MAX_EMBED_DESCRIPTION = 4096
-# Where Discord's own link rule ends one: at a space or a "<".
-_URL = re.compile(r"https?://[^\s<]+")
-# Markdown, mentions (<@id>, <#id>, <t:...>) and masked links ([text](url)); a backslash
-# makes Discord show any of them as typed.
-_MARKDOWN = re.compile(r"([\\*_~`|<>\[\]])")
-# Headings ("# ", "-# "), list items and block quotes start a line.
-_LINE_START = re.compile(r"^(\s*)([#+-])", re.MULTILINE)
 
 
 class DiscordChannel(Channel):
@@ -239,24 +232,6 @@ class DiscordChannel(Channel):
         return hide(text, webhook_secrets(self._webhook.reveal()))
 
 
-def discord_text(text: str, unfurled: str | None) -> str:
-    """Plain ``text`` as Discord content: markdown, mentions and masked links escaped, links
-    kept as they are; ``unfurled`` (a link) wrapped in ``<...>`` so Discord adds no card."""
-    out: list[str] = []
-    position = 0
-    for found in _URL.finditer(text):
-        out.append(_escape(text[position : found.start()]))
-        link = found.group()
-        out.append(f"<{link}>" if link == unfurled else link)
-        position = found.end()
-    out.append(_escape(text[position:]))
-    return "".join(out)
-
-
-def _escape(text: str) -> str:
-    return _LINE_START.sub(r"\1\\\2", _MARKDOWN.sub(r"\\\1", text))
-
-
 def _cut(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
@@ -275,15 +250,15 @@ def _delivered(document: dict[str, Any] | None) -> DeliveryResult:
     if found is None:
         return DeliveryResult()
     guild, channel = document.get("guild_id"), document.get("channel_id")
-    detail = None
+    url = None
     if (
         isinstance(guild, str)
         and guild.isdigit()
         and isinstance(channel, str)
         and channel.isdigit()
     ):
-        detail = f"https://discord.com/channels/{guild}/{channel}/{found}"
-    return DeliveryResult(remote_id=found, detail=detail)
+        url = f"https://discord.com/channels/{guild}/{channel}/{found}"
+    return DeliveryResult(remote_id=found, url=url)
 
 
 def _rate_limit_wait(document: dict[str, Any] | None, headers: httpx.Headers) -> float | None:

@@ -46,6 +46,23 @@ def delivery_key(message: Message) -> str:
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
+def edition_time(edition: str) -> datetime | None:
+    """The nominal fire time of an edition named ``schedule@<time>`` (``20240501T090000Z`` or
+    ISO 8601 with an offset); None when it has none."""
+    _, at, when = edition.rpartition("@")
+    if not at:
+        return None
+    try:
+        return datetime.strptime(when, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(when)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
+
+
 def required_secret(channel: Channel, key: str, what: str) -> Secret:
     """The channel's secret ``key``; a ValueError naming the variable of its ``<key>_env``
     option when it is missing. The configuration loader resolves each ``*_env`` option, so
@@ -91,8 +108,11 @@ def base_address(
 
 
 def web_link(value: object) -> str | None:
-    """``value`` if it is an http(s) address without white space, to link to; else None."""
-    if not isinstance(value, str) or address_problem(value, spaces=False):
+    """``value`` if it is an http(s) address without white space or control characters, to
+    link to or to show; else None."""
+    if not isinstance(value, str) or not value.isprintable():
+        return None
+    if address_problem(value, spaces=False):
         return None
     return value
 

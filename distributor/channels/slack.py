@@ -37,7 +37,6 @@ log lines have it masked.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -66,6 +65,7 @@ from distributor.exceptions import (
 )
 from distributor.models import DeliveryResult, Message, Secret
 from distributor.plugins import PluginOptions
+from distributor.rendering.length import slack_escape, slack_mrkdwn
 
 MAX_BLOCK_TEXT = 3000
 MAX_ALT_TEXT = 2000
@@ -218,25 +218,6 @@ class SlackChannel(Channel):
     def _hide(self, text: str) -> str:
         """``text`` without the webhook's address or token, should Slack or httpx echo it."""
         return hide(text, webhook_secrets(self._webhook.reveal()))
-
-
-def slack_escape(text: str) -> str:
-    """``text`` with the three characters Slack reads as markup escaped."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def slack_mrkdwn(text: str, link: str | None, title: str) -> str:
-    """Plain ``text`` as Slack mrkdwn: escaped, with ``link`` (where it stands alone in the
-    text) made ``<link|title>`` (``<link>`` without a title)."""
-    if not link:
-        return slack_escape(text)
-    # "|" and ">" end the address in Slack's link syntax: percent-encode them.
-    address = slack_escape(link.replace("|", "%7C").replace("<", "%3C").replace(">", "%3E"))
-    label = slack_escape(title)
-    anchor = f"<{address}|{label}>" if label else f"<{address}>"
-    # Only the whole link: not the start of a longer address that shares its beginning.
-    parts = re.split(re.escape(link) + r"(?=\s|$)", text)
-    return anchor.join(slack_escape(part) for part in parts)
 
 
 def _has_image(document: dict[str, Any]) -> bool:

@@ -15,12 +15,16 @@ post messages.
 How the answer is read (Telegram puts the status in ``error_code`` as well):
 
 =================================  ======================================================
-``ok: true``                       sent; the id is ``result.message_id``, the detail the
+``ok: true``                       sent; the id is ``result.message_id``, the address the
                                    post's t.me link (public channels and ``-100`` ids)
 429                                passing, after ``parameters.retry_after`` seconds
 5xx, timeout, no connection        passing
-401, 403, 404                      credentials refused: the token was revoked or is wrong
-                                   (401, 404), or the bot may not post in the chat (403)
+401, 404                           credentials refused: the token was revoked or is wrong
+403                                the channel is misconfigured: the bot may not post in the
+                                   chat ("bot is not a member", "bot was kicked")
+400 about the chat                 the channel is misconfigured: "chat not found", "not
+                                   enough rights" and the like; like refused credentials,
+                                   the channel is held and an alert says what to fix
 400 and anything else              permanent, with Telegram's description
 =================================  ======================================================
 
@@ -57,6 +61,7 @@ from distributor.channels.http import (
     seconds,
 )
 from distributor.exceptions import (
+    ChannelMisconfiguredError,
     CredentialsRefusedError,
     PermanentDeliveryError,
     TransientDeliveryError,
@@ -68,6 +73,18 @@ MAX_TEXT = 4096
 _TOKEN = re.compile(r"\d+:[A-Za-z0-9_-]+")
 _CHANNEL_NAME = re.compile(r"@[A-Za-z][A-Za-z0-9_]{3,}")
 _CHAT_NUMBER = re.compile(r"-?\d+")
+_USERNAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{3,}")
+_CHAT_NOT_FOUND = "chat not found"
+# 400 descriptions that speak of the chat or the bot's rights in it, not of the post.
+_WRONG_CHAT = (
+    _CHAT_NOT_FOUND,
+    "not enough rights",
+    "need administrator rights",
+    "chat_write_forbidden",
+    "have no rights to send",
+    "chat_admin_required",
+    "peer_id_invalid",
+)
 
 
 class TelegramChannel(Channel):
@@ -223,11 +240,8 @@ class TelegramChannel(Channel):
                 f"{said}: the bot token in {variable} was revoked or is wrong (or base_url is "
                 "not a Bot API server); put the token @BotFather gives in it"
             )
-        if code == 403:
-            raise CredentialsRefusedError(
-                f"{said}: the bot may not post in {self.options.chat_id}; make it an "
-                "administrator of the channel that can post messages"
-            )
+        if code == 403 or (code == 400 and _misconfigured(description)):
+            raise ChannelMisconfiguredError(self._wrong_chat(said, description))
         if 300 <= status < 400:
             raise PermanentDeliveryError(
                 f"{self._origin} answered HTTP {status}, a redirect (not followed); set "
@@ -247,7 +261,21 @@ class TelegramChannel(Channel):
         chat = result.get("chat")
         username = chat.get("username") if isinstance(chat, dict) else None
         return DeliveryResult(
-            remote_id=str(found), detail=post_link(self.options.chat_id, found, username)
+            remote_id=str(found), url=post_link(self.options.chat_id, found, username)
+        )
+
+    def _wrong_chat(self, said: str, description: str) -> str:
+        """What to do when the chat cannot take the bot's posts."""
+        chat = self.options.chat_id
+        if _CHAT_NOT_FOUND in description.lower():
+            return (
+                f"{said}: no chat {chat} that the bot can see; check chat_id (@channelname of "
+                "a public channel, or the -100... id of a private one) and add the bot to it "
+                "as an administrator that can post messages"
+            )
+        return (
+            f"{said}: the bot may not post in {chat}; make it an administrator of the "
+            "channel that can post messages"
         )
 
     def _said(self, code: int, description: str) -> str:
@@ -269,10 +297,17 @@ def telegram_html(text: str, link: str | None) -> str:
     return anchor.join(html.escape(part, quote=False) for part in parts)
 
 
+def _misconfigured(description: str) -> bool:
+    """Whether a 400's description says the chat cannot take the bot's posts (every post would
+    be refused the same way) rather than that this one post is wrong."""
+    said = description.lower()
+    return any(sign in said for sign in _WRONG_CHAT)
+
+
 def post_link(chat_id: int | str, message_id: int, username: object = None) -> str | None:
     """The t.me address of a post: public for a channel with a username, members-only
     (``t.me/c/...``) for a private channel's -100 id; None for other chats."""
-    if isinstance(username, str) and username:
+    if isinstance(username, str) and _USERNAME.fullmatch(username):
         return f"https://t.me/{username}/{message_id}"
     chat = str(chat_id)
     if chat.startswith("@"):

@@ -26,7 +26,8 @@ that trusts whoever can reach it.
 How the receiver's answer is read:
 
 ==========================  ===========================================================
-2xx                         sent; the id is the answer's JSON ``id``, else X-Request-Id
+2xx                         sent; the id is the answer's JSON ``id``, else X-Request-Id;
+                            the post's address its ``url``, when it has one
 409 Conflict                sent before: recorded as sent, "already delivered"
 408, 429, 5xx               passing: retried, after ``Retry-After`` when the answer has one
 401, 403                    permanent: the receiver refused the signature
@@ -65,6 +66,7 @@ from distributor.channels.http import (
     origin,
     required_secret,
     retry_after_wait,
+    web_link,
 )
 from distributor.exceptions import PermanentDeliveryError, TransientDeliveryError
 from distributor.models import DeliveryResult, Message, Secret
@@ -214,10 +216,14 @@ class WebhookChannel(Channel):
     def _outcome(self, response: httpx.Response, answer: str) -> DeliveryResult:
         status = response.status_code
         if 200 <= status < 300:
-            return DeliveryResult(remote_id=_remote_id(answer, response.headers))
+            return DeliveryResult(
+                remote_id=_remote_id(answer, response.headers), url=_remote_url(answer)
+            )
         if status == 409:
             return DeliveryResult(
-                remote_id=_remote_id(answer, response.headers), detail="already delivered"
+                remote_id=_remote_id(answer, response.headers),
+                url=_remote_url(answer),
+                detail="already delivered",
             )
         retry_after = retry_after_wait(response.headers)
         if status == 429:
@@ -256,3 +262,9 @@ def _remote_id(answer: str, headers: httpx.Headers) -> str | None:
     document = json_document(answer)
     found = id_text(document.get("id")) if isinstance(document, dict) else None
     return found or headers.get("x-request-id") or None
+
+
+def _remote_url(answer: str) -> str | None:
+    """Where the receiver shows the post: ``url`` of a JSON answer, when it is a web address."""
+    document = json_document(answer)
+    return web_link(document.get("url")) if isinstance(document, dict) else None

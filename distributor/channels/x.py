@@ -87,6 +87,7 @@ _LINK = re.compile(r"https?://\S+")
 _SECONDS = re.compile(r"[0-9]+")
 _REFUSED_CONTENT = ("too long", "shorter")
 _SHORT_LINK = re.compile(r"https?://t\.co/\S+")
+_USERNAME = re.compile(r"[A-Za-z0-9_]{1,50}")
 # (remaining, reset) header pairs, the window's first: the others are X's 24-hour post caps.
 _LIMIT_HEADERS = (
     ("x-rate-limit-remaining", "x-rate-limit-reset"),
@@ -208,7 +209,7 @@ class XChannel(Channel):
         if post_id is None:
             log.warning("%s: posted, but X's answer carries no post id", self.name)
             return DeliveryResult(remote_id=None)
-        return DeliveryResult(remote_id=post_id, detail=self._post_url(post_id))
+        return DeliveryResult(remote_id=post_id, url=self._post_url(post_id))
 
     def confirm(self, message: Message) -> DeliveryResult | None:
         """The account's post of ``message``, found among its latest posts; None when none of
@@ -227,7 +228,7 @@ class XChannel(Channel):
         if found is None:
             return None
         post_id, url = found
-        return DeliveryResult(remote_id=post_id, detail=url)
+        return DeliveryResult(remote_id=post_id, url=url)
 
     def close(self) -> None:
         if self._session is not None:
@@ -308,10 +309,10 @@ class XChannel(Channel):
         if found is None:
             return DeliveryResult(detail="already posted")
         log.info("%s: posted before, as %s", self.name, found[1])
-        return DeliveryResult(remote_id=found[0], detail=found[1])
+        return DeliveryResult(remote_id=found[0], url=found[1])
 
     def _find(self, message: Message) -> tuple[str, str] | None:
-        user_id, username = self._me()
+        user_id, _ = self._me()
         params: dict[str, Any] = {
             "max_results": RECENT_POSTS,
             "tweet_fields": ["created_at", "entities"],
@@ -328,7 +329,7 @@ class XChannel(Channel):
         for post in posts if isinstance(posts, list) else []:
             if isinstance(post, dict) and id_text(post.get("id")) and same_post(message.text, post):
                 post_id = str(post["id"])
-                return post_id, f"https://x.com/{username}/status/{post_id}"
+                return post_id, self._post_url(post_id)
         return None
 
     def _me(self) -> tuple[str, str]:
@@ -353,9 +354,9 @@ class XChannel(Channel):
                 self._me()
             except DeliveryError as exc:
                 log.info("%s: cannot read the account's name: %s", self.name, exc)
-        if self._account is None:
-            return f"https://x.com/i/web/status/{post_id}"
-        return f"https://x.com/{self._account[1]}/status/{post_id}"
+        if self._account is None or not _USERNAME.fullmatch(self._account[1]):
+            return f"https://x.com/i/web/status/{quote(post_id, safe='')}"
+        return f"https://x.com/{self._account[1]}/status/{quote(post_id, safe='')}"
 
     def _hide(self, text: str) -> str:
         """``text`` without a key, token or secret, should X, a proxy or a library echo one

@@ -93,6 +93,22 @@ class Limiter:
                 longest, why = free_at - now, f"rate limit {name}"
         return max(longest, 0.0), why
 
+    def free_places(self, now: float, count: int) -> list[float]:
+        """When each of the next ``count`` messages may go (timestamps, in order), if each
+        goes as soon as the limits let it: a message past a cap waits for the send that
+        leaves the window (``allowed`` sends back) and for any pause. Takes no place."""
+        with self._lock:
+            sent = list(self._sent)
+            moment = max(now, self._paused_until)
+            out: list[float] = []
+            for _ in range(count):
+                for seconds, allowed, _name in self._windows:
+                    if len(sent) >= allowed:
+                        moment = max(moment, sent[-allowed] + seconds + SEND_MARGIN)
+                out.append(moment)
+                sent.append(moment)
+            return out
+
     def reserve(self, now: float) -> tuple[float, str]:
         """Take a place for one message at ``now`` if the limits allow it (0.0 returned), else
         say how long to wait and why, taking nothing. Threads sharing a limiter get a place

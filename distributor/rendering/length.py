@@ -11,16 +11,23 @@ bluesky     300      grapheme clusters, links in full; the record also takes at 
                      UTF-8 bytes, so ten bytes count as one grapheme when that is more
 telegram    4096     UTF-16 code units of the visible text: posts go out in HTML parse mode,
                      so tags are not counted and an entity (``&amp;``) is the one character
-discord     2000     code points (Discord's API counts with Python's ``len``)
-slack       3000     code points: the text of the one section block that a post goes in
+discord     2000     code points of the content as Discord receives it: markdown, mentions and
+                     line starts escaped with a backslash (:func:`discord_text`), and each
+                     link as if wrapped in ``<...>`` (the article's is, when a card shows it)
+slack       3000     code points of the section block's text as Slack receives it: ``&``,
+                     ``<`` and ``>`` escaped (``&amp;`` is five), and each link as if made
+                     ``<address>`` (:func:`slack_mrkdwn`)
 ==========  =======  ========================================================================
 
+Discord and Slack count what arrives, not what was written, so a post near the limit with
+characters that escape is shortened when it is rendered instead of refused when it is sent.
 Other platforms (``webhook``) have no limit and count code points.
 """
 
 from __future__ import annotations
 
 import html
+import re
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -67,6 +74,12 @@ def count(platform: str, text: str, *, url_length: int = URL_LENGTH) -> int:
         return max(graphemes(text), -(-size * LIMITS["bluesky"] // BLUESKY_MAX_BYTES))
     if platform == "telegram":
         return utf16_length(telegram_visible_text(text))
+    if platform == "discord":
+        # Every link as if wrapped in <...>: the channel does so to the article's link when a
+        # card shows the article, and it cannot be told here which link that is.
+        return len(discord_text(text, None)) + 2 * len(_DISCORD_LINK.findall(text))
+    if platform == "slack":
+        return _slack_length(text)
     return len(text)
 
 
@@ -344,6 +357,71 @@ def _mastodon_countable(text: str, url_length: int) -> str:
         position = end
     pieces.append(text[position:])
     return "".join(pieces)
+
+
+# --- Discord and Slack: the text as the platform receives it ----------------------------------
+
+# Where Discord's own link rule ends one: at a space or a "<".
+_DISCORD_LINK = re.compile(r"https?://[^\s<]+")
+# Markdown, mentions (<@id>, <#id>, <t:...>) and masked links ([text](url)); a backslash
+# makes Discord show any of them as typed.
+_DISCORD_MARKDOWN = re.compile(r"([\\*_~`|<>\[\]])")
+# Headings ("# ", "-# "), list items and block quotes start a line.
+_DISCORD_LINE_START = re.compile(r"^(\s*)([#+-])", re.MULTILINE)
+_SLACK_LINK = re.compile(r"https?://\S+")
+
+
+def discord_text(text: str, unfurled: str | None) -> str:
+    """Plain ``text`` as Discord content: markdown, mentions and masked links escaped, links
+    kept as they are; ``unfurled`` (a link) wrapped in ``<...>`` so Discord adds no card."""
+    out: list[str] = []
+    position = 0
+    for found in _DISCORD_LINK.finditer(text):
+        out.append(_discord_escape(text[position : found.start()]))
+        link = found.group()
+        out.append(f"<{link}>" if link == unfurled else link)
+        position = found.end()
+    out.append(_discord_escape(text[position:]))
+    return "".join(out)
+
+
+def _discord_escape(text: str) -> str:
+    return _DISCORD_LINE_START.sub(r"\1\\\2", _DISCORD_MARKDOWN.sub(r"\\\1", text))
+
+
+def slack_escape(text: str) -> str:
+    """``text`` with the three characters Slack reads as markup escaped."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def slack_address(link: str) -> str:
+    """``link`` as it goes inside Slack's ``<address|label>``: "|", "<" and ">" end the
+    address there, so they are percent-encoded; then escaped."""
+    return slack_escape(link.replace("|", "%7C").replace("<", "%3C").replace(">", "%3E"))
+
+
+def slack_mrkdwn(text: str, link: str | None, title: str) -> str:
+    """Plain ``text`` as Slack mrkdwn: escaped, with ``link`` (where it stands alone in the
+    text) made ``<link|title>`` (``<link>`` without a title)."""
+    if not link:
+        return slack_escape(text)
+    label = slack_escape(title)
+    anchor = f"<{slack_address(link)}|{label}>" if label else f"<{slack_address(link)}>"
+    # Only the whole link: not the start of a longer address that shares its beginning.
+    parts = re.split(re.escape(link) + r"(?=\s|$)", text)
+    return anchor.join(slack_escape(part) for part in parts)
+
+
+def _slack_length(text: str) -> int:
+    """The length of ``text`` as a section block's mrkdwn, each link counted the longer of
+    its two forms: escaped as it stands, or made ``<address>``."""
+    total, position = 0, 0
+    for found in _SLACK_LINK.finditer(text):
+        link = found.group()
+        total += len(slack_escape(text[position : found.start()]))
+        total += max(len(slack_escape(link)), len(slack_address(link)) + 2)
+        position = found.end()
+    return total + len(slack_escape(text[position:]))
 
 
 # --- shortening --------------------------------------------------------------------------------

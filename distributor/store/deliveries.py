@@ -198,6 +198,7 @@ class DeliveryQueries(StoreBase):
         *,
         claimed_by: str | None,
         remote_id: str | None = None,
+        remote_url: str | None = None,
         error: str | None = None,
     ) -> bool:
         """Settle a delivery left in ``sending`` by ``claimed_by`` after a crash.
@@ -210,6 +211,8 @@ class DeliveryQueries(StoreBase):
         values["error_class"] = "unknown" if status == DeliveryStatus.UNKNOWN else None
         if remote_id is not None:
             values["remote_id"] = remote_id
+        if remote_url is not None:
+            values["remote_url"] = remote_url
         if status == DeliveryStatus.SENT:
             values["sent_at"] = now
         claim = _claimed_by(claimed_by)
@@ -253,6 +256,9 @@ class DeliveryQueries(StoreBase):
             .join(editions, editions.c.id == deliveries.c.edition_id)
             .where(or_(*matches), editions.c.dry_run.is_(False))
             .order_by(deliveries.c.id)
+            # PostgreSQL: rows another `retry` is putting back right now are its own; this one
+            # skips them instead of reporting them twice. (SQLite writes one at a time.)
+            .with_for_update(skip_locked=True, of=deliveries)
         )
         if schedule:
             query = query.where(editions.c.schedule == schedule)
@@ -292,11 +298,12 @@ class DeliveryQueries(StoreBase):
         status: DeliveryStatus,
         *,
         remote_id: str | None = None,
+        remote_url: str | None = None,
         error_class: str | None = None,
         error: str | None = None,
         claimant: str | None = None,
     ) -> bool:
-        """Record the outcome of a delivery.
+        """Record the outcome of a delivery (``remote_url``: where the post can be seen).
 
         With ``claimant``, only while that process still holds it in ``sending``: a process
         whose claim lapsed (see :data:`distributor.delivery.SENDING_LEASE`) and was settled by
@@ -312,6 +319,8 @@ class DeliveryQueries(StoreBase):
         }
         if remote_id is not None:
             values["remote_id"] = remote_id
+        if remote_url is not None:
+            values["remote_url"] = remote_url
         if status in (DeliveryStatus.SENT, DeliveryStatus.DRY_RUN):
             values["sent_at"] = now
         query = update(deliveries).where(deliveries.c.id == delivery_id)

@@ -68,6 +68,8 @@ class DeliveryRow:
     """A pending delivery is not tried before this (backoff after a passing failure, a cap)."""
     failures: int = 0
     """Passing failures since it was last queued; the engine gives up after a number of them."""
+    remote_url: str | None = None
+    """Where the post can be seen on its platform, when the platform said."""
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
