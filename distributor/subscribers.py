@@ -1,7 +1,13 @@
-"""Subscriber lists in CSV: ``email, name, lists, topics, timezone``.
+"""Subscriber lists in CSV: ``email, name, lists, topics, timezone, frequency``.
 
-``lists`` and ``topics`` hold several values separated by ``;`` or ``|``. Each row is checked
-on its own: the good ones are imported, every bad one is reported with its line number.
+``lists`` and ``topics`` hold several values separated by ``;`` or ``|``; ``frequency`` is
+``daily`` (the default when the column or the cell is empty) or ``weekly``. Each row is checked
+on its own: the good ones are imported, every bad one is reported with its line number. Export
+writes the same columns, so its file imports again as it is.
+
+An import is the operator vouching for consent: imported addresses are active at once, with
+``consent_source`` ``import``. An address that unsubscribed, bounced or complained stays so
+(its row's choices are updated, it is still never mailed).
 """
 
 from __future__ import annotations
@@ -15,10 +21,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
 
-from distributor.models import Subscriber
+from distributor.models import FREQUENCIES, Subscriber
 from distributor.store import Store
 
-COLUMNS = ("email", "name", "lists", "topics", "timezone")
+COLUMNS = ("email", "name", "lists", "topics", "timezone", "frequency")
 _SPLIT = re.compile(r"[;|]")
 
 
@@ -32,6 +38,8 @@ class BadRow:
 class ImportReport:
     added: int = 0
     updated: int = 0
+    suppressed: list[str] = field(default_factory=list)
+    """Addresses that unsubscribed, bounced or complained: updated, still not mailed."""
     bad: list[BadRow] = field(default_factory=list)
 
 
@@ -55,12 +63,18 @@ def parse_row(row: dict[str, str | None], *, default_lists: tuple[str, ...] = ()
             ZoneInfo(timezone)
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown timezone {timezone!r}") from None
+    frequency = (row.get("frequency") or "").strip().lower() or "daily"
+    if frequency not in FREQUENCIES:
+        raise ValueError(
+            f"unknown frequency {frequency!r} (use {' or '.join(FREQUENCIES)})"
+        ) from None
     return Subscriber(
         email=email,
         name=(row.get("name") or "").strip() or None,
         lists=_values(row.get("lists")) or default_lists,
         topics=_values(row.get("topics")),
         timezone=timezone,
+        frequency=frequency,
     )
 
 
@@ -79,14 +93,18 @@ def read_csv(handle: TextIO) -> Iterator[tuple[int, Subscriber | BadRow]]:
 
 
 def import_csv(store: Store, handle: TextIO, *, source: str) -> ImportReport:
+    """Import the good rows of ``handle`` as active subscribers (consent source ``import``;
+    ``source``, the file, goes into each address's record)."""
     report = ImportReport()
     for _line, item in read_csv(handle):
         if isinstance(item, BadRow):
             report.bad.append(item)
             continue
-        outcome = store.upsert_subscriber(item, consent_source=source)
+        outcome = store.upsert_subscriber(item, consent_source="import", detail=f"import:{source}")
         if outcome == "added":
             report.added += 1
+        elif outcome == "suppressed":
+            report.suppressed.append(item.email)
         else:
             report.updated += 1
     return report
@@ -98,7 +116,14 @@ def write_csv(subscribers: Iterable[Subscriber], handle: TextIO) -> int:
     count = 0
     for s in subscribers:
         writer.writerow(
-            [s.email, s.name or "", ";".join(s.lists), ";".join(s.topics), s.timezone or ""]
+            [
+                s.email,
+                s.name or "",
+                ";".join(s.lists),
+                ";".join(s.topics),
+                s.timezone or "",
+                s.frequency,
+            ]
         )
         count += 1
     return count

@@ -87,9 +87,9 @@ def test_subscribers_import_reports_each_bad_row_and_keeps_the_good(tmp_path: Pa
     assert f"{csv_file}:4: unknown timezone 'Mars/Olympus'" in result.output
     exported = invoke(config, {}, "subscribers", "export")
     assert exported.output.splitlines() == [
-        "email,name,lists,topics,timezone",
-        "good@example.org,Good,daily,Diabetes;Cancer,Asia/Bangkok",
-        "good2@example.org,Two,daily;weekly,,",
+        "email,name,lists,topics,timezone,frequency",
+        "good@example.org,Good,daily,Diabetes;Cancer,Asia/Bangkok,daily",
+        "good2@example.org,Two,daily;weekly,,,daily",
     ]
     removed = invoke(config, {}, "subscribers", "remove", "good@example.org")
     assert removed.exit_code == 0
