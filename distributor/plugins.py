@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from functools import cache
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -37,6 +38,14 @@ class Plugin:
         self.name = name
         self.options = options
         self.secrets = secrets
+
+    @classmethod
+    def check_setup(
+        cls, options: PluginOptions, secrets: Mapping[str, Secret], root: Path
+    ) -> list[tuple[str, str]]:
+        """Problems the options' schema cannot see (a key file that does not load), as
+        (option, message) pairs; the loader reports them at the option's line. None by default."""
+        return []
 
 
 @cache

@@ -63,6 +63,8 @@ class MailServer:
     """Transactions started (RCPT TO) per recipient."""
     attempt_times: list[float] = field(default_factory=list)
     faults: Counter[str] = field(default_factory=Counter)
+    contents: list[bytes] = field(default_factory=list)
+    """The bytes of each accepted message, as they arrived (DKIM checks read these)."""
     port: int = 0
     _planned: dict[int, str] = field(default_factory=dict)
     """Per session: what the DATA of its current transaction gets."""
@@ -108,6 +110,7 @@ class MailServer:
         (rcpt,) = envelope.rcpt_tos
         with self.lock:
             self.received.append(Received(rcpt, str(headers["Message-ID"]), time.time()))
+            self.contents.append(envelope.original_content or envelope.content)
             number = len(self.received)
         return f"250 2.0.0 Ok: queued as Q{number}"
 

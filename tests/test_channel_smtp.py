@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import re
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Iterator
+from email.utils import parsedate_to_datetime
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -17,12 +19,18 @@ from typing import Any
 import pydantic
 import pytest
 import trustme
+import yaml
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from distributor.channels.smtp import SMTPChannel
+from distributor.config import Config, load_config
 from distributor.exceptions import PermanentDeliveryError, TransientDeliveryError
-from distributor.models import Message, Secret
+from distributor.models import Message, Secret, Subscriber
+from distributor.pipeline.compose import Composer
+from distributor.rendering.email import RenderedDigest, message_id, placeholder
+from distributor.text import one_line
+from distributor.tokens import verify
 
 UNSUBSCRIBE = "<https://news.example/unsubscribe?token=" + "x" * 120 + ">"
 
@@ -445,3 +453,161 @@ def test_option_defaults() -> None:
     assert (options.connections, options.max_messages_per_connection) == (1, 100)
     assert options.timeout == 30
     assert options.rate_limit is None
+
+
+# --- what a digest carries: headers from the composer, hostile input, one recipient ------------
+
+
+def composed_config(root: Path, **site: Any) -> Config:
+    """A configuration whose daily digest goes to the list ``daily`` through channel ``mail``."""
+    settings = {
+        "version": 1,
+        "site": {
+            "name": "Sample News, Inc.",
+            "url": "https://news.example",
+            "email_from": "digest@news.example",
+            **site,
+        },
+        "web": {"public_url": "https://news.example"},
+        "channels": {"mail": {"type": "smtp", "host": "127.0.0.1", "security": "none"}},
+    }
+    (root / "distributor.yaml").write_text(yaml.safe_dump(settings))
+    (root / "schedules").mkdir()
+    schedule = {
+        "version": 1,
+        "title": "Daily digest",
+        "trigger": {"cron": "0 7 * * *"},
+        "select": {"sections": [{"kind": "latest"}]},
+        "deliver": [{"channel": "mail", "template": "digest", "audience": {"list": "Daily"}}],
+    }
+    (root / "schedules" / "daily-digest.yaml").write_text(yaml.safe_dump(schedule))
+    return load_config(root / "distributor.yaml", {"DISTRIBUTOR_SECRET_KEY": "k"})
+
+
+def digest_for(config: Config, subscriber: Subscriber, subject: str = "Morning digest") -> Message:
+    rendered = RenderedDigest(
+        subject=subject,
+        html=f'<p>Hello {placeholder("name")}</p><a href="{placeholder("unsubscribe_url")}">x</a>',
+        text=f"Hello {placeholder('name')}\nLeave: {placeholder('unsubscribe_url')}\n",
+    )
+    return Composer(config, env={"DISTRIBUTOR_SECRET_KEY": "k"}).email_message(
+        rendered,
+        subscriber,
+        schedule=config.schedule("daily-digest"),
+        edition_id=42,
+        ref="daily-digest@20261120T000000Z",
+        channel="mail",
+        key=b"k",
+    )
+
+
+def test_a_digest_carries_every_header(start: Any, channel: Any, tmp_path: Path) -> None:
+    config = composed_config(tmp_path, unsubscribe_mailto="unsubscribe@news.example")
+    reader = Subscriber(email="jorg@example.org", name="Jörg Müller, MD")
+    server = start()
+    mail = channel(server)
+    mail.send(digest_for(config, reader))
+    mail.send(digest_for(config, reader))  # a second attempt: the same Message-ID
+
+    first, second = server.messages()
+    assert first.get_content_type() == "multipart/alternative"
+    assert [p.get_content_type() for p in first.iter_parts()] == ["text/plain", "text/html"]
+    assert first["From"].addresses[0].display_name == "Sample News, Inc."
+    (to,) = first["To"].addresses
+    assert (to.display_name, to.addr_spec) == ("Jörg Müller, MD", "jorg@example.org")
+    assert parsedate_to_datetime(str(first["Date"])).tzinfo is not None
+    assert (
+        first["Message-ID"]
+        == second["Message-ID"]
+        == message_id(42, "jorg@example.org", "news.example")
+    )
+    assert first["List-Id"] == "Daily digest <daily.news.example>"
+    assert first["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    https, mailto = re.fullmatch(r"<([^>]+)>, <([^>]+)>", str(first["List-Unsubscribe"])).groups()  # type: ignore[union-attr]
+    assert https.startswith("https://news.example/unsubscribe/")
+    token = https.rsplit("/", 1)[1]
+    assert verify(b"k", "unsubscribe", token) == "jorg@example.org"
+    assert mailto == f"mailto:unsubscribe@news.example?subject=unsubscribe%20{token}"
+    assert https in first.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+
+    raw = server.delivered[0][1].original_content
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    assert b"=?utf-8?" in head  # the non-ASCII name is an encoded word (RFC 2047)
+    for line in head.split(b"\r\n"):
+        # Only the link header may pass 78 characters: folded, a URL stops being one.
+        assert len(line) <= (998 if line.startswith(b"List-Unsubscribe:") else 78), line
+
+
+def test_without_a_mailto_list_unsubscribe_is_the_link_alone(
+    start: Any, channel: Any, tmp_path: Path
+) -> None:
+    config = composed_config(tmp_path)
+    server = start()
+    channel(server).send(digest_for(config, Subscriber(email="ana@example.org")))
+    (message,) = server.messages()
+    assert re.fullmatch(
+        r"<https://news\.example/unsubscribe/[^>]+>", str(message["List-Unsubscribe"])
+    )
+    assert message["To"] == "ana@example.org"
+
+
+HOSTILE_SUBJECTS = [
+    "Breaking\r\nBcc: victim@example.org",
+    "Breaking\nX-Injected: yes\n\nbody takeover",
+    "Breaking\rTo: other@example.org",
+    "Covid study " * 40 + "end",  # 500 characters with spaces
+    "x" * 500,  # 500 characters without one
+    "Grüße aus Köln: Diabetes-Studie — 新闻 🚑 " * 12,  # long and non-ASCII
+]
+
+
+@pytest.mark.parametrize("subject", HOSTILE_SUBJECTS)
+def test_hostile_subjects_and_names_arrive_safe_and_folded(
+    start: Any, channel: Any, tmp_path: Path, subject: str
+) -> None:
+    config = composed_config(tmp_path, name="Ärzte Zeitung\r\nBcc: x@example.org")
+    reader = Subscriber(email="r@example.org", name='Eve "the reader"\r\nCc: spy@example.org')
+    server = start()
+    channel(server).send(digest_for(config, reader, subject))
+
+    (message,) = server.messages()
+    (_, envelope) = server.delivered[0]
+    assert envelope.rcpt_tos == ["r@example.org"]
+    for name in ("Bcc", "Cc", "X-Injected"):
+        assert name not in message
+    assert [a.addr_spec for a in message["To"].addresses] == ["r@example.org"]
+    assert [a.addr_spec for a in message["From"].addresses] == ["digest@news.example"]
+    assert message["Subject"] == one_line(subject)
+    assert message.get_body(("plain",)).get_content().startswith("Hello Eve")  # type: ignore[union-attr]
+    head = envelope.original_content.split(b"\r\n\r\n", 1)[0]
+    assert head.isascii()
+    subject_lines = re.search(rb"\r\nSubject:.*?(?=\r\n\S)", b"\r\n" + head, re.S)
+    assert subject_lines is not None
+    assert all(len(line) <= 78 for line in subject_lines.group(0).split(b"\r\n"))
+
+
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [
+        ({"Cc": "other@example.org"}, "Cc header"),
+        ({"Bcc": "other@example.org"}, "Bcc header"),
+        ({"To": "reader@example.org, other@example.org"}, "names 2 address"),
+        ({"To": "Someone <other@example.org>"}, "names 1 address"),
+    ],
+)
+def test_one_message_one_recipient(
+    start: Any, channel: Any, headers: dict[str, str], reason: str
+) -> None:
+    server = start()
+    base = message()
+    shared = Message(
+        channel=base.channel,
+        recipient=base.recipient,
+        key=base.key,
+        subject=base.subject,
+        text=base.text,
+        headers={**base.headers, **headers},
+    )
+    with pytest.raises(PermanentDeliveryError, match=reason):
+        channel(server).send(shared)
+    assert server.mail_commands == 0

@@ -381,6 +381,8 @@ def _plugins(
             else:
                 secrets[key.removesuffix("_env")] = Secret(value, variable=variable)
         if options is not None:
+            for key, message in cls.check_setup(options, secrets, doc.path.parent):
+                doc._add(doc.line([section, name, key]), _dotted([section, name, key]), message)
             specs[name] = PluginSpec(
                 name=name, type_name=entry.type, cls=cls, options=options, secrets=secrets
             )
