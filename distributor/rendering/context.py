@@ -1,4 +1,7 @@
-"""What templates see: plain values, in the schedule's timezone, links with UTM parameters."""
+"""What templates see: plain values, in the schedule's timezone, links with UTM parameters.
+
+The UTM parameters are added here, once per edition (and target), never per recipient.
+"""
 
 from __future__ import annotations
 
@@ -9,29 +12,48 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from distributor.config import Schedule, SiteSettings
+from distributor.config.models import Utm
 from distributor.models import Article, Edition
-from distributor.rendering import with_utm
+from distributor.rendering import safe_url, tag_link
+
+Tags = Mapping[str, str] | None
+"""UTM parameters (source, medium, campaign), or None: links as they are."""
+
+
+def utm_tags(utm: Utm | bool, *, schedule: str, source: str, medium: str) -> dict[str, str] | None:
+    """A target's UTM parameters: its ``utm`` setting over the defaults (``source`` and
+    ``medium`` for its kind of channel, the schedule's name as the campaign); None for
+    ``utm: false``."""
+    if utm is False:
+        return None
+    chosen = utm if isinstance(utm, Utm) else Utm()
+    return {
+        "source": chosen.source or source,
+        "medium": chosen.medium or medium,
+        "campaign": chosen.campaign or schedule,
+    }
 
 
 def template_context(
-    site: SiteSettings, schedule: Schedule, edition: Edition, *, source: str, medium: str
+    site: SiteSettings,
+    schedule: Schedule,
+    edition: Edition,
+    *,
+    utm: Tags,
+    audience: str | None = None,
 ) -> dict[str, Any]:
     """The variables of every template (docs/templates.md lists them)."""
     zone = ZoneInfo(schedule.trigger.timezone)
 
     def view(article: Article) -> dict[str, Any]:
-        return article_view(
-            article,
-            zone=zone,
-            campaign=schedule.key,
-            source=source,
-            medium=medium,
-            hashtags=site.hashtags,
-        )
+        return article_view(article, zone=zone, utm=utm, hashtags=site.hashtags)
 
     local = edition.fire_time.astimezone(zone)
+    site_values = site.model_dump()
+    home = safe_url(site.url)
+    site_values["link"] = tag_link(home, utm) if home else ""  # the home page, with UTM
     return {
-        "site": site.model_dump(),
+        "site": site_values,
         "schedule": {
             "name": schedule.key,
             "title": schedule.display_title,
@@ -47,7 +69,9 @@ def template_context(
             ],
             "articles": [view(a) for a in edition.articles],
         },
-        "campaign": schedule.key,
+        "audience": {"list": audience} if audience else None,
+        "campaign": utm["campaign"] if utm else schedule.key,
+        "utm": dict(utm) if utm else None,
         "view": view,
     }
 
@@ -81,17 +105,27 @@ def article_view(
     article: Article,
     *,
     zone: ZoneInfo,
-    campaign: str,
-    source: str,
-    medium: str,
+    utm: Tags = None,
     hashtags: Mapping[str, str | None] | None = None,
+    campaign: str = "",
+    source: str = "",
+    medium: str = "",
 ) -> dict[str, Any]:
-    """What templates see of an article: plain values, links with UTM parameters."""
+    """What templates see of an article: plain values, links with UTM parameters (``utm``,
+    or ``campaign``, ``source`` and ``medium`` given one by one).
+
+    An address that is not http(s) (``javascript:``, ``data:``) is left out: ``url``,
+    ``link`` and ``image`` are then empty, and a study or related link is None or dropped.
+    """
+    if utm is None and (campaign or source or medium):
+        utm = {"campaign": campaign, "source": source, "medium": medium}
     published = article.published.astimezone(zone) if article.published else None
+    url = safe_url(article.url) or ""
+    study_url = safe_url(article.study.url) if article.study else None
     return {
         "id": article.id,
-        "url": article.url,
-        "link": with_utm(article.url, campaign, source, medium),
+        "url": url,
+        "link": tag_link(url, utm) if url else "",
         "title": article.title,
         "breaking": article.breaking,
         "author": article.author,
@@ -99,13 +133,15 @@ def article_view(
         "published": published,
         "published_text": published.strftime("%-d %b %Y, %H:%M") if published else None,
         "summary": article.summary,
-        "image": article.image,
+        "image": safe_url(article.image) or "",
         "topics": list(article.topics),
         "hashtags": hashtags_of(article.topics, hashtags or {}),
-        "study": {"journal": article.study.journal, "url": article.study.url}
-        if article.study
-        else None,
-        "related": [{"title": r.title, "url": r.url} for r in article.related],
+        "study": {"journal": article.study.journal, "url": study_url} if article.study else None,
+        "related": [
+            {"title": r.title, "url": link}
+            for r in article.related
+            if (link := safe_url(r.url)) is not None
+        ],
         "views": article.views,
         "shares": article.shares,
     }
