@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from threading import TIMEOUT_MAX
@@ -108,6 +108,43 @@ class WallClockCron(BaseTrigger):  # type: ignore[misc]  # APScheduler ships no 
         return f"{self.cron} (wall clock)"
 
 
+LOCAL_TIME_STEP = timedelta(minutes=15)
+"""A local-time schedule runs on this grid in UTC: every zone's offset is a multiple of it."""
+
+
+def firing_trigger(schedule: Schedule) -> Trigger:
+    """When the scheduler runs ``schedule``: its trigger, or for a schedule that sends at each
+    subscriber's local time, every :data:`LOCAL_TIME_STEP` in UTC (each run mails those whose
+    own clock shows the cron's time; see :func:`zones_due`)."""
+    if not schedule.local_time:
+        return schedule.trigger
+    return Trigger(interval=LOCAL_TIME_STEP, timezone="UTC", grace=schedule.trigger.grace)
+
+
+def zones_due(schedule: Schedule, fire_time: datetime, zones: Iterable[str]) -> set[str]:
+    """Of ``zones``, those where ``schedule``'s cron fires in the :data:`LOCAL_TIME_STEP` that
+    ends at ``fire_time`` (wall-clock rules: a time the clock skips fires once, at the moment
+    after the jump; a time it repeats fires once)."""
+    assert schedule.trigger.cron is not None  # checked when the schedule was loaded
+    end = _utc(fire_time)
+    start = end - LOCAL_TIME_STEP
+    due = set()
+    for name in zones:
+        trigger = build_trigger(Trigger(cron=schedule.trigger.cron, timezone=name))
+        # Walked from a day before, as the scheduler would: a time the clock skipped is found
+        # only from before the jump.
+        previous: datetime | None = None
+        latest: datetime | None = None
+        current = end - timedelta(days=1, hours=2)
+        while (fire := trigger.get_next_fire_time(previous, current)) is not None:
+            if _utc(fire) > end:
+                break
+            latest, previous, current = fire, fire, _utc(fire) + _MICROSECOND
+        if latest is not None and _utc(latest) > start:
+            due.add(name)
+    return due
+
+
 def build_trigger(trigger: Trigger) -> BaseTrigger:
     """The APScheduler trigger of the nominal fire times (jitter is not part of it)."""
     zone = ZoneInfo(trigger.timezone)
@@ -127,7 +164,7 @@ def _anchor(zone: ZoneInfo) -> datetime:
 
 def next_fire_times(schedule: Schedule, now: datetime, count: int = 3) -> list[datetime]:
     """The next ``count`` fire times after ``now``, in the schedule's own timezone."""
-    trigger = build_trigger(schedule.trigger)
+    trigger = build_trigger(firing_trigger(schedule))
     zone = ZoneInfo(schedule.trigger.timezone)
     times: list[datetime] = []
     previous: datetime | None = None
@@ -143,7 +180,7 @@ def next_fire_times(schedule: Schedule, now: datetime, count: int = 3) -> list[d
 
 def latest_fire_time(schedule: Schedule, now: datetime) -> datetime:
     """The most recent nominal fire time at or before ``now`` (names the edition due now)."""
-    trigger = schedule.trigger
+    trigger = firing_trigger(schedule)
     zone = ZoneInfo(trigger.timezone)
     now = _utc(now)
     if trigger.interval is not None:
@@ -174,7 +211,7 @@ def grace_of(schedule: Schedule) -> timedelta:
     Cron: one hour. Interval: the interval, at most one hour; a poll every few minutes that
     fired while the bot was down always runs once on start, a daily one not hours late.
     """
-    trigger = schedule.trigger
+    trigger = firing_trigger(schedule)
     if trigger.grace is not None:
         return trigger.grace
     if trigger.interval is not None:
@@ -246,7 +283,7 @@ def catch_up(
     edition; None (a fresh install) catches up on nothing. Nothing is listed one by one: an
     interval's are counted by arithmetic, a cron's walked up to MAX_COUNTED.
     """
-    trigger = schedule.trigger
+    trigger = firing_trigger(schedule)
     settled = CatchUp(timezone=trigger.timezone, why=why)
     if last_fire is None or _utc(now) <= _utc(last_fire):
         return settled
@@ -290,7 +327,7 @@ def _walk_cron(
     schedule: Schedule, after: datetime, until: datetime
 ) -> tuple[int, datetime, datetime | None, datetime, bool] | None:
     """Count a cron's fire times in (after, until]: count, first, one before latest, latest."""
-    built = build_trigger(schedule.trigger)
+    built = build_trigger(firing_trigger(schedule))
     count = 0
     first: datetime | None = None
     before_latest: datetime | None = None
@@ -370,7 +407,7 @@ class Scheduler:
             self._why[key] = "while the bot was down"
             self._engine.add_job(
                 self._run,
-                trigger=build_trigger(schedule.trigger),
+                trigger=build_trigger(firing_trigger(schedule)),
                 args=[schedule],
                 id=key,
                 name=key,

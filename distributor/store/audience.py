@@ -8,7 +8,7 @@ can, by following a new confirmation link: :mod:`distributor.store.subscriptions
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -16,6 +16,7 @@ from sqlalchemy import (
     Row,
     delete,
     insert,
+    or_,
     select,
     update,
 )
@@ -161,10 +162,18 @@ class AudienceQueries(StoreBase):
         return bool(done.rowcount)
 
     def audience(
-        self, list_name: str, *, frequency: str | None = None, batch: int = 1000
+        self,
+        list_name: str,
+        *,
+        frequency: str | None = None,
+        zones: Collection[str | None] | None = None,
+        batch: int = 1000,
     ) -> Iterator[Subscriber]:
         """The ``active`` subscribers of ``list_name`` (of those, with ``frequency`` only, when
-        given), streamed in id order in batches: never all in memory."""
+        given; in one of ``zones`` only, when given, None standing for no timezone), streamed
+        in id order in batches: never all in memory."""
+        if zones is not None and not zones:
+            return
         last_id = 0
         while True:
             query = (
@@ -180,6 +189,12 @@ class AudienceQueries(StoreBase):
             )
             if frequency is not None:
                 query = query.where(subscribers.c.frequency == frequency)
+            if zones is not None:
+                named = [z for z in zones if z is not None]
+                where = subscribers.c.timezone.in_(named)
+                query = query.where(
+                    or_(where, subscribers.c.timezone.is_(None)) if None in zones else where
+                )
             with self.engine.connect() as conn:
                 rows = conn.execute(query).all()
             if not rows:
@@ -187,6 +202,19 @@ class AudienceQueries(StoreBase):
             for row in rows:
                 yield subscriber_from_row(row, (list_name,))
             last_id = rows[-1].id
+
+    def audience_zones(self, list_name: str, *, frequency: str | None = None) -> set[str | None]:
+        """The timezones the ``active`` subscribers of ``list_name`` have (None: no timezone)."""
+        query = (
+            select(subscribers.c.timezone)
+            .distinct()
+            .join(subscriber_lists, subscriber_lists.c.subscriber_id == subscribers.c.id)
+            .where(subscriber_lists.c.list == list_name, subscribers.c.status == "active")
+        )
+        if frequency is not None:
+            query = query.where(subscribers.c.frequency == frequency)
+        with self.engine.connect() as conn:
+            return {row.timezone for row in conn.execute(query)}
 
     def subscribers(self, *, status: str | None = None) -> list[Subscriber]:
         query = select(subscribers).order_by(subscribers.c.id)
