@@ -19,7 +19,15 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	@$(BIN)/python -m sample.demo --port $(SAMPLE_PORT) -- $(RUN_FLAGS)
 
-test: $(STAMP)
+# The email layout tests drive Debian's Chromium (tests/test_email_browser.py): installed here
+# when it is missing, with sudo unless make runs as root.
+CHROMIUM ?= /usr/bin/chromium
+SUDO = $(if $(filter 0,$(shell id -u)),,sudo)
+$(CHROMIUM):
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium \
+	  || ($(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/ruff check distributor tests sample bench
 	$(BIN)/ruff format --check distributor tests sample bench
 	$(BIN)/mypy

@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 
 import click
 
-from distributor import scheduling, starter
+from distributor import leader, logs, scheduling, starter
 from distributor.config import Config, load_config
 from distributor.daemon import Daemon, Printer
 from distributor.exceptions import (
@@ -138,10 +138,7 @@ def _usage() -> Iterator[None]:
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
     """Pick a news site's breaking and most-read articles and deliver digests and posts."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(verbose=verbose)  # JSON lines when stderr is not a terminal
     ctx.obj = State(config_path)
 
 
@@ -399,10 +396,20 @@ def run_once(
 @cli.command()
 @click.option("--now", "run_now", is_flag=True, help="Run every schedule once at start.")
 @click.option("--once", is_flag=True, help="Run every schedule once, then exit.")
+@click.option(
+    "--role",
+    type=click.Choice(["all", "scheduler"]),
+    default="all",
+    show_default=True,
+    help="all: scheduler, delivery and web app in one process. scheduler: the scheduler "
+    "alone (no web app), active while it holds a PostgreSQL lock; started twice, the second "
+    "waits as a standby and takes over when the first dies (docs/deploy.md).",
+)
 @click.pass_obj
-def run(state: State, run_now: bool, once: bool) -> None:
+def run(state: State, run_now: bool, once: bool, role: str) -> None:
     """The daemon: read sources and run each schedule at its fire times, until stopped."""
     config = state.config()
+    lock = _scheduler_lock(config, once) if role == "scheduler" else None
     store = _open_store(config)
     daemon = Daemon(
         config=config,
@@ -416,6 +423,8 @@ def run(state: State, run_now: bool, once: bool) -> None:
     )
     try:
         with _stop_on_signals(daemon.stopping):
+            if lock is not None:
+                sys.exit(0 if leader.serve_as_leader(daemon, lock, run_now=run_now) else 1)
             if not once:  # up first: a WebSub hub checks our callback as soon as we subscribe
                 click.echo(f"web app: {daemon.open_web()}")
             daemon.start_up(run_now=run_now or once)
@@ -430,6 +439,16 @@ def run(state: State, run_now: bool, once: bool) -> None:
     finally:
         daemon.close()
         store.close()
+
+
+def _scheduler_lock(config: Config, once: bool) -> leader.SchedulerLock:
+    if once:
+        raise click.UsageError("--once runs every schedule in this process: use --role all")
+    try:
+        return leader.SchedulerLock(config.database_url)
+    except StoreError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
 
 
 # --- deliveries ------------------------------------------------------------------------------
@@ -469,7 +488,7 @@ def deliveries(
         return
     click.echo(
         f"{'WHEN (UTC)':<19}  {'STATUS':<8} {'TRIES':>5} {'SCHEDULE':<16} {'CHANNEL':<14} "
-        f"{'RECIPIENT':<30} MESSAGE  [ERROR CLASS] REASON"
+        f"{'RECIPIENT':<30} MESSAGE  POST URL  [ERROR CLASS] REASON"
     )
     for row in rows:
         when = (row.sent_at or row.updated_at).strftime("%Y-%m-%d %H:%M:%S")
@@ -481,7 +500,9 @@ def deliveries(
             reason += f"; next try {row.next_attempt_at:%Y-%m-%d %H:%M:%S} UTC"
         click.echo(
             f"{when}  {row.status:<8} {row.attempts:>5} {row.schedule:<16} {row.channel:<14} "
-            f"{row.recipient:<30} {row.message_key[:40]}{reason}"
+            f"{row.recipient:<30} {row.message_key[:40]}"
+            + (f"  {row.remote_url}" if row.remote_url else "")
+            + reason
         )
 
 
@@ -618,6 +639,60 @@ def retry(state: State, schedule_name: str | None, channel: str | None, unknown:
     sys.exit(1 if report.failed or recovery.failed else 0)
 
 
+# --- web ---------------------------------------------------------------------------------------
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--host", help="Listen here instead of web.host.")
+@click.option("--port", type=click.IntRange(0, 65535), help="Listen here instead of web.port.")
+@click.pass_context
+def web(ctx: click.Context, host: str | None, port: int | None) -> None:
+    """Serve the web app alone (subscriber pages, dashboard, /healthz, /metrics): no scheduler."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from distributor.web.standalone import serve
+
+    config = ctx.obj.config()
+    store = _open_store(config)
+    try:
+        serve(config, store, os.environ, host=host, port=port, note=click.echo)
+    finally:
+        store.close()
+
+
+@web.command("hash-password")
+def web_hash_password() -> None:
+    """Read a password (not echoed) and print its argon2 hash, for a `web.users` variable."""
+    from distributor.web.auth import hash_password
+    from distributor.web.standalone import check_password
+
+    password = click.prompt("Password", hide_input=True, confirmation_prompt=True, err=True)
+    if problem := check_password(password):
+        raise click.UsageError(problem)
+    click.echo(hash_password(password))
+
+
+# --- bounces ---------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def bounces(state: State, as_json: bool) -> None:
+    """Read the bounce mailbox now (bounces.maildir or bounces.imap) and suppress what it says."""
+    from distributor.bounces import read_bounces
+
+    with state.pipeline() as pipeline, _usage():
+        report = read_bounces(pipeline)
+    if as_json:
+        _dump(report.as_dict())
+    else:
+        click.echo(report.summary())
+        for error in report.errors:
+            click.echo(f"error: {error}", err=True)
+    sys.exit(1 if report.failed else 0)
+
+
 # --- db --------------------------------------------------------------------------------------
 
 
@@ -641,21 +716,27 @@ def db_upgrade(state: State) -> None:
 
 @cli.group()
 def subscribers() -> None:
-    """Subscriber lists (CSV columns: email, name, lists, topics, timezone)."""
+    """Subscriber lists (CSV columns: email, name, lists, topics, timezone, frequency)."""
 
 
 @subscribers.command("import")
 @click.argument("csv_file", type=click.File("r", encoding="utf-8-sig"))
 @click.pass_obj
 def subscribers_import(state: State, csv_file: Any) -> None:
-    """Import FILE.csv: good rows are added or updated, bad ones reported with their line."""
+    """Import FILE.csv: good rows are added or updated (active: you vouch for their consent),
+    bad ones reported with their line. Unsubscribed, bounced and complained addresses stay so."""
     config = state.config()
     store = _open_store(config)
     try:
-        report = import_csv(store, csv_file, source=f"import:{Path(csv_file.name).name}")
+        report = import_csv(store, csv_file, source=Path(csv_file.name).name)
     finally:
         store.close()
     click.echo(f"{report.added} added, {report.updated} updated, {len(report.bad)} bad")
+    if report.suppressed:
+        click.echo(
+            f"{len(report.suppressed)} left as they were (unsubscribed, bounced or complained: "
+            "only they can subscribe again)"
+        )
     for bad in report.bad:
         click.echo(f"  {csv_file.name}:{bad.line}: {bad.reason}", err=True)
     sys.exit(1 if report.bad else 0)
@@ -680,6 +761,7 @@ def subscribers_export(state: State, csv_file: Any) -> None:
 @click.option("--list", "lists", multiple=True, required=True, help="A list (repeatable).")
 @click.option("--topic", "topics", multiple=True, help="A topic (repeatable).")
 @click.option("--timezone")
+@click.option("--frequency", type=click.Choice(["daily", "weekly"]), default="daily")
 @click.pass_obj
 def subscribers_add(
     state: State,
@@ -688,6 +770,7 @@ def subscribers_add(
     lists: Sequence[str],
     topics: Sequence[str],
     timezone: str | None,
+    frequency: str,
 ) -> None:
     """Add (or update) one subscriber, confirmed by the operator."""
     from distributor.subscribers import parse_row
@@ -700,6 +783,7 @@ def subscribers_add(
                 "lists": ";".join(lists),
                 "topics": ";".join(topics),
                 "timezone": timezone,
+                "frequency": frequency,
             }
         )
     except ValueError as exc:
@@ -710,6 +794,13 @@ def subscribers_add(
         outcome = store.upsert_subscriber(subscriber, consent_source="operator")
     finally:
         store.close()
+    if outcome == "suppressed":
+        click.echo(
+            f"{subscriber.email} unsubscribed, bounced or complained: left so (only they can "
+            "subscribe again, through the web form)",
+            err=True,
+        )
+        sys.exit(1)
     click.echo(f"{outcome} {subscriber.email}")
 
 
@@ -725,10 +816,10 @@ def subscribers_remove(state: State, email: str) -> None:
     config = state.config()
     store = _open_store(config)
     try:
-        found = store.set_subscriber_status(address, "unsubscribed")
+        found = store.unsubscribe(address, source="operator")
     finally:
         store.close()
-    if not found:
+    if found is None:
         click.echo(f"no subscriber {address}", err=True)
         sys.exit(1)
     click.echo(f"unsubscribed {address}")

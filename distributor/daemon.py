@@ -4,8 +4,9 @@ Each fire of a schedule gets a pipeline of its own, so schedules run side by sid
 poll is not stuck behind a 50,000-reader digest) while one schedule never runs twice at once
 (:class:`distributor.scheduling.Scheduler`). Between fires, every few seconds, the daemon
 settles what a dead process left in ``sending`` and sends what waited in the outbox and is now
-due (a retry after its backoff, posts a daily cap held back). On start, runs missed while the
-bot was down are caught up by the schedule's grace, and the older ones recorded as ``missed``.
+due (a retry after its backoff, posts a daily cap held back), and every ``bounces.every``
+reads the bounce mailbox. On start, runs missed while the bot was down are caught up by the
+schedule's grace, and the older ones recorded as ``missed``.
 A stop (SIGTERM, Ctrl-C) lets the messages in hand finish, leaves the rest pending, and waits
 for the runs in flight.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,7 +29,9 @@ from datetime import UTC, datetime
 import httpx
 
 from distributor import scheduling
+from distributor.bounces import read_bounces
 from distributor.config import Config, Schedule
+from distributor.metrics import Heartbeat
 from distributor.pipeline import Pipeline
 from distributor.reports import IngestReport, Recovery, RunReport
 from distributor.scheduling import CatchUp
@@ -71,6 +75,9 @@ class Daemon:
     _web: ServerHandle | None = None
     websub: WebSub | None = None
     _websub_client: httpx.Client | None = None
+    heartbeat: Heartbeat = field(default_factory=Heartbeat)
+    """Beaten while the scheduler runs; the web app's /healthz reads it."""
+    _bounces_read_at: float | None = None
 
     def pipeline(self) -> Pipeline:
         return Pipeline(self.config, self.store, env=self.env, stopping=self.stopping)
@@ -106,7 +113,13 @@ class Daemon:
             self.websub = WebSub.from_settings(
                 self.config.settings, self.store, self._websub_client, self.pushed
             )
-        app = create_app(self.config.settings, self.store, websub=self.websub)
+        app = create_app(
+            self.config.settings,
+            self.store,
+            websub=self.websub,
+            pipeline=self.pipeline_of("web"),
+            heartbeat=self.heartbeat,
+        )
         self._web = serve_in_thread(app, web.host, web.port)
         return self._web.url
 
@@ -191,9 +204,30 @@ class Daemon:
         for report in pipeline.resume_due():
             self.failed = self.failed or report.failed
             self.printer.run(report)
+        self._read_bounces(pipeline)
+
+    def _read_bounces(self, pipeline: Pipeline) -> None:
+        """Every ``bounces.every``, read the bounce mailbox; say what it suppressed or why
+        it could not be read."""
+        settings = self.config.settings.bounces
+        now = time.monotonic()
+        if settings.maildir is None and settings.imap is None:
+            return
+        if self._bounces_read_at is not None and (
+            now - self._bounces_read_at < settings.every.total_seconds()
+        ):
+            return
+        self._bounces_read_at = now
+        report = read_bounces(pipeline)
+        if report.suppressed or report.errors:
+            self.printer.note(report.summary())
+        for error in report.errors:
+            self.printer.note(f"bounces: {error}")
 
     def _keep_house(self) -> None:
+        self.heartbeat.beat()  # /healthz: the scheduler runs beside this loop
         while not self.stopping.wait(HOUSEKEEPING_EVERY):
+            self.heartbeat.beat()
             try:
                 self.housekeeping()
             except Exception:  # the next round tries again; the cause is in the log

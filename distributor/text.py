@@ -108,7 +108,13 @@ def one_line(value: str | None) -> str:
     """``value`` with control characters (CR, LF, tabs) made spaces: safe in a header line."""
     if not value:
         return ""
-    value = "".join(ch if ch.isprintable() else " " for ch in value)
+    if value.isprintable():  # tested in C: most values have nothing to replace
+        # Printable, the only whitespace left is " ": nothing to do without two in a row or
+        # one at either end.
+        if "  " not in value and value[0] != " " and value[-1] != " ":
+            return value
+    else:
+        value = "".join(ch if ch.isprintable() else " " for ch in value)
     return _SPACE.sub(" ", value).strip()
 
 

@@ -1,15 +1,15 @@
 """The store against SQLite and a real PostgreSQL, through one parametrised fixture.
 
-PostgreSQL comes from ``DISTRIBUTOR_TEST_POSTGRES_URL`` (default
-``postgresql+psycopg://postgres@127.0.0.1:5432/test``). Each test gets a schema of its own,
-dropped afterwards, so the tests are isolated and can run again and again. An unreachable server
-fails the tests with instructions; it never skips them.
+PostgreSQL comes from ``POSTGRES_URL`` (default
+``postgresql+psycopg://postgres@127.0.0.1:5432/test``; the fixtures ``db_url`` and
+``postgres_url`` are in conftest.py). Each test gets a schema of its own, dropped afterwards,
+so the tests are isolated and can run again and again. An unreachable server fails the tests
+with instructions; it never skips them.
 """
 
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
@@ -19,20 +19,17 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, create_engine, insert, inspect, make_url, text
+from sqlalchemy import create_engine, insert, inspect, make_url, select
 from sqlalchemy.exc import IntegrityError, StatementError
 
 from distributor.exceptions import StoreError
 from distributor.models import Article, DeliveryStatus, Link, Study, Subscriber
 from distributor.sources.base import FetchState
 from distributor.store import Store, migrate
+from distributor.store.base import insert_new
 from distributor.store.rows import content_hash
 from distributor.store.tables import deliveries, editions, metadata
-from tests.conftest import POSTGRES_URL
 
-# The PostgreSQL sessions run in a zone far from UTC, so a value that is handed back in the
-# session's zone instead of UTC shows up.
-SESSION_TIMEZONE = "Asia/Kathmandu"
 T0 = datetime(2025, 6, 2, 12, 0, 0, 123456, tzinfo=UTC)
 TABLES = {
     "articles",
@@ -51,31 +48,6 @@ TABLES = {
 
 
 # --- fixtures -------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def postgres_url(postgres_admin: Engine) -> Iterator[str]:
-    """The URL of an empty schema of its own on the PostgreSQL server (dropped afterwards)."""
-    schema = f"test_{uuid.uuid4().hex[:12]}"
-    with postgres_admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = make_url(POSTGRES_URL).update_query_dict(
-        {"options": f"-csearch_path={schema} -ctimezone={SESSION_TIMEZONE}"}
-    )
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with postgres_admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """An empty database of each kind."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'db' / 'store.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
 
 
 @pytest.fixture
@@ -842,3 +814,60 @@ def test_upsert_subscriber_from_two_threads_at_once(store: Store) -> None:
         outcomes = race(2, lambda i, p=people: store.upsert_subscriber(p[i], consent_source="t"))
         assert sorted(outcomes) == ["added", "updated"]
     assert [s.email for s in store.audience("daily")] == [f"s{n}@example.org" for n in range(5)]
+
+
+# --- what PostgreSQL and SQLite would otherwise do differently -------------------------------
+
+
+def test_an_article_id_too_long_to_store_is_left_out_alike_everywhere(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    # SQLite would keep a 600-character id and PostgreSQL refuse the whole batch with it.
+    too_long = "https://news.example/" + "x" * 600
+    batch = [article("a1"), article(too_long), article("a2")]
+    assert store.upsert_articles(batch) == {"a1": "new", "a2": "new"}
+    assert store.count_articles() == 2
+    assert "1 article(s) left out, their id longer than 512 characters" in caplog.text
+    store.add_article_aliases({too_long: "a1"})  # an alias that long is not kept either
+    assert store.article_aliases([too_long]) == {}
+
+
+def test_a_lost_claim_race_is_no_failed_statement(store: Store) -> None:
+    """A second insert of an edition inserts nothing (ON CONFLICT DO NOTHING) instead of
+    failing on the constraint, so the transaction it is in goes on (PostgreSQL would abort it)
+    and PostgreSQL logs no error."""
+    first, created = store.claim_edition("daily", T0, state="selected", sections=[])
+    assert created
+    row = {"schedule": "daily", "fire_time": T0, "state": "held", "dry_run": False}
+    row |= {"sections": [], "created_at": T0, "updated_at": T0}
+    keys = ("schedule", "fire_time", "dry_run")
+    with store.engine.begin() as conn:
+        done = conn.execute(insert_new(conn, editions, keys=keys).values(**row))
+        assert done.rowcount in (0, -1)
+        assert conn.execute(select(editions.c.state)).scalars().all() == ["selected"]
+    again, created_again = store.claim_edition("daily", T0, state="held", sections=[])
+    assert (again.id, created_again, again.state) == (first.id, False, "selected")
+
+
+def test_retry_skips_deliveries_another_transaction_is_putting_back(postgres_url: str) -> None:
+    url = make_url(postgres_url)
+    # Were the row waited for instead of skipped, this test would fail after 5 s, not hang.
+    options = url.query["options"] + " -clock_timeout=5s"
+    url = url.update_query_dict({"options": options})
+    store = Store.open(url.render_as_string(hide_password=False), migrate_now=True)
+    try:
+        eid = edition_id(store)
+        store.add_deliveries(eid, outbox("a@x.org", "b@x.org"))
+        for row in store.deliveries_of(eid):
+            store.start_delivery(row.id)
+            store.finish_delivery(row.id, DeliveryStatus.FAILED, error_class="transient")
+        with store.engine.connect() as other:  # another `retry`, in the middle of its work
+            other.execute(
+                select(deliveries.c.id).where(deliveries.c.recipient == "a@x.org").with_for_update()
+            ).all()
+            requeued = store.requeue()  # does not wait for it, and does not report its row
+            assert [d.recipient for d in requeued] == ["b@x.org"]
+            other.rollback()
+        assert [d.recipient for d in store.requeue()] == ["a@x.org"]
+    finally:
+        store.close()

@@ -101,6 +101,14 @@ class SiteSettings(_Model):
     email_from: str = Field(
         default="newsletter@example.org", description="The From address of digests."
     )
+    unsubscribe_mailto: str | None = Field(
+        default=None,
+        pattern=r"^[^@\s<>?,;:]+@[^@\s<>?,;:]+$",
+        description="An address that takes unsubscribe requests by email, added as a mailto to "
+        "List-Unsubscribe (beside the one-click link). Deliver it to the mailbox that `bounces` "
+        "reads: a request there with a valid signed token unsubscribes its sender.",
+        examples=["unsubscribe@news.example"],
+    )
     hashtags: dict[str, str | None] = Field(
         default_factory=dict,
         description="Topic -> hashtag in posts (COVID-19: COVID19); null leaves a topic out. "
@@ -120,6 +128,29 @@ class PluginConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
+_LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+
+OperatorName = Annotated[
+    str,
+    Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"),
+    WithJsonSchema({"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"}),
+]
+
+
+class OperatorUser(_Model):
+    """An operator of the dashboard. The hash lives in the environment, like every secret: a
+    leaked argon2 hash can still be guessed at offline."""
+
+    password_hash_env: str = Field(
+        min_length=1,
+        description=(
+            "The variable holding the argon2 hash of the operator's password "
+            "(`distributor web hash-password` prints one)."
+        ),
+        examples=["DISTRIBUTOR_ADMIN_PASSWORD_HASH"],
+    )
+
+
 class WebSettings(_Model):
     secret_key_env: str = Field(
         default="DISTRIBUTOR_SECRET_KEY",
@@ -129,6 +160,108 @@ class WebSettings(_Model):
     port: int = Field(default=8000, ge=0, le=65535)
     public_url: str | None = Field(
         default=None, description="How readers reach the web app (links in emails)."
+    )
+    users: dict[OperatorName, OperatorUser] = Field(
+        default_factory=dict,
+        description="Operators who may log in to the dashboard (/dashboard), by login name.",
+    )
+    secure_cookies: bool = Field(
+        default=True,
+        description=(
+            "Send the dashboard's session cookie over HTTPS only. false is allowed only with "
+            "host 127.0.0.1, ::1 or localhost (a dashboard used on this machine over http)."
+        ),
+    )
+    session_lifetime: Duration = Field(
+        default=timedelta(hours=8), description="How long a dashboard login lasts."
+    )
+    confirmation_channel: str | None = Field(
+        default=None,
+        description="The email channel that sends subscribe confirmations; default: the first "
+        "smtp channel, else the first file channel.",
+    )
+    confirm_max_age: Duration = Field(
+        default=timedelta(hours=48), description="How long a confirmation link works."
+    )
+    subscribe_per_ip: int = Field(
+        default=20, ge=1, description="Sign-ups an hour the subscribe form takes from one client."
+    )
+    subscribe_per_address: int = Field(
+        default=3, ge=1, description="Confirmation emails an hour sent to one address."
+    )
+
+    @model_validator(mode="after")
+    def _secure_cookies_off_only_locally(self) -> WebSettings:
+        if not self.secure_cookies and self.host not in _LOOPBACK:
+            raise ValueError(
+                f"secure_cookies: false is only allowed with host 127.0.0.1, ::1 or localhost "
+                f"(host is {self.host!r}): the session cookie would cross the network in clear"
+            )
+        return self
+
+
+class IMAPMailbox(_Model):
+    """An IMAP folder that receives bounces (the envelope sender's mailbox)."""
+
+    host: str = Field(min_length=1)
+    port: int | None = Field(
+        default=None, ge=1, le=65535, description="Default: 993 with tls, else 143."
+    )
+    security: Literal["tls", "starttls", "none"] = Field(
+        default="tls", description="tls: TLS from the start (993); none: local servers only."
+    )
+    verify_tls: bool = True
+    username: str = Field(min_length=1)
+    password_env: str = Field(
+        min_length=1, description="The environment variable holding the IMAP password."
+    )
+    folder: str = "INBOX"
+    processed_folder: str | None = Field(
+        default=None,
+        description="Move each message read here; without it, messages read are flagged "
+        "\\Seen and only unseen ones are read.",
+    )
+    timeout: float = Field(default=30.0, gt=0)
+
+
+class SESBounces(_Model):
+    """Amazon SES bounce and complaint notifications, delivered by SNS to POST /bounces/ses."""
+
+    enabled: bool = False
+    cert_hosts: list[str] = Field(
+        default_factory=lambda: ["sns.*.amazonaws.com"],
+        description="Hosts (shell patterns) the SNS signing certificate may be fetched from.",
+    )
+    cert_schemes: tuple[Literal["https", "http"], ...] = Field(
+        default=("https",),
+        description="Schemes the certificate URL may use (http for a local test server only).",
+    )
+    topic_arns: list[str] = Field(
+        default_factory=list,
+        description="Accept notifications of these SNS topics only (default: any topic).",
+    )
+    confirm_subscriptions: bool = Field(
+        default=False,
+        description="Follow the SubscribeURL of a signed SubscriptionConfirmation; off, it is "
+        "logged for the operator to open.",
+    )
+
+
+class BounceSettings(_Model):
+    """Where bounces and complaints arrive, and when a soft-bouncing address is given up."""
+
+    maildir: str | None = Field(
+        default=None, description="A Maildir folder that receives bounces (relative to this file)."
+    )
+    imap: IMAPMailbox | None = None
+    ses: SESBounces = Field(default_factory=SESBounces)
+    soft_bounce_limit: int = Field(
+        default=3,
+        ge=1,
+        description="Suppress an address after this many soft bounces (4.x.x: full, busy).",
+    )
+    every: Duration = Field(
+        default=timedelta(minutes=5), description="How often `run` reads the bounce mailbox."
     )
 
 
@@ -153,9 +286,20 @@ class Settings(_Model):
         description="Where editions go, by name (schedules refer to these names).",
     )
     web: WebSettings = Field(default_factory=WebSettings)
+    bounces: BounceSettings = Field(default_factory=BounceSettings)
     templates_dir: str = "templates"
     schedules_dir: str = "schedules"
     outputs_dir: str = Field(default="var", description="Where previews and local files go.")
+
+    @model_validator(mode="after")
+    def _confirmation_channel_exists(self) -> Settings:
+        name = self.web.confirmation_channel
+        if name is not None and name not in self.channels:
+            known = ", ".join(self.channels) or "none"
+            raise ValueError(
+                f"web.confirmation_channel names no channel: {name!r} (known: {known})"
+            )
+        return self
 
 
 # --- schedules/*.yaml --------------------------------------------------------------------------
@@ -288,6 +432,38 @@ class Selection(_Model):
 
 class Audience(_Model):
     list: str = Field(min_length=1, description="The subscriber list that receives it.")
+    frequency: Literal["daily", "weekly"] | None = Field(
+        default=None,
+        description="Only the subscribers of the list who chose this frequency; "
+        "unset: all of them.",
+    )
+    local_time: bool = Field(
+        default=False,
+        description=(
+            "Send at the cron trigger's time in each subscriber's own timezone (07:00 in "
+            "Lisbon, then 07:00 in Bangkok...); subscribers without one get the schedule's."
+        ),
+    )
+
+
+class Utm(_Model):
+    """The UTM parameters added to links to the publisher's site in what a target sends."""
+
+    source: str | None = Field(
+        default=None,
+        min_length=1,
+        description="utm_source. Default: newsletter for email, the platform (x, ...) for posts.",
+    )
+    medium: str | None = Field(
+        default=None, min_length=1, description="utm_medium. Default: email, or social for posts."
+    )
+    campaign: str | None = Field(
+        default=None, min_length=1, description="utm_campaign. Default: the schedule's name."
+    )
+
+
+def _utm_on(value: object) -> object:
+    return {} if value is True or value is None else value
 
 
 class Target(_Model):
@@ -301,6 +477,13 @@ class Target(_Model):
     audience: Audience | None = None
     only_new: bool = Field(
         default=False, description="Leave out articles already sent on this channel."
+    )
+    utm: Annotated[Utm | Literal[False], BeforeValidator(_utm_on)] = Field(
+        default_factory=Utm,
+        description=(
+            "UTM parameters on links to the site: source, medium, campaign (each with a "
+            "default), or false for none. Parameters a link has already are kept."
+        ),
     )
 
 
@@ -331,6 +514,20 @@ class Schedule(_Model):
             "`distributor approve EDITION`."
         ),
     )
+
+    @model_validator(mode="after")
+    def _local_time_needs_cron(self) -> Schedule:
+        if self.local_time and self.trigger.cron is None:
+            raise ValueError(
+                "audience.local_time needs a cron trigger: the time of day it names is what "
+                "each subscriber gets in their own timezone"
+            )
+        return self
+
+    @property
+    def local_time(self) -> bool:
+        """Whether an email target sends at the trigger's time in each subscriber's zone."""
+        return any(t.audience is not None and t.audience.local_time for t in self.deliver)
 
     @property
     def key(self) -> str:

@@ -40,12 +40,15 @@ from distributor.delivery.limits import (
     utc,
 )
 from distributor.exceptions import (
+    ChannelMisconfiguredError,
     CredentialsRefusedError,
     DeliveryError,
     DistributorError,
     TemplateError,
     TransientDeliveryError,
 )
+from distributor.logs import delivery_context
+from distributor.metrics import timed_send
 from distributor.models import DeliveryResult, DeliveryStatus, Message
 from distributor.reports import Outcome, TargetReport
 from distributor.store import CHANNEL_SCOPE, DeliveryRow, EditionRow, Store
@@ -460,6 +463,7 @@ class Outbox:
                     status,
                     claimed_by=d.claimed_by,
                     remote_id=confirmed.remote_id if confirmed else None,
+                    remote_url=confirmed.url if confirmed else None,
                     error=error,
                 ):
                     result.add(d.channel, status)
@@ -535,7 +539,8 @@ class Outbox:
             if place is None:
                 complete = False
                 break
-            go_on = self._attempt(entry, channel, message, report, limiter)
+            with delivery_context(edition_id, delivery_id, channel.name):
+                go_on = self._attempt(entry, channel, message, report, limiter)
             # Counted from when the platform had it, at the latest: a slow connection at the
             # start of a window cannot let the next messages arrive bunched up.
             limiter.settle(place, self.clock())
@@ -583,7 +588,17 @@ class Outbox:
                 self.store.release_delivery(
                     taken[0], claimant=claimant(), until=until, why=f"held back: {why}"
                 )
-                self.store.postpone_deliveries(left, until=until, why=f"held back: {why}")
+                if channel.message_kind == "post" and channel.rate_limit.per_day is not None:
+                    # A daily cap (X's 17 posts): each post waits for its own place in the
+                    # rolling window, so they go out as places free, not all at once.
+                    # In the order they were queued (the edition's order), after the one in hand.
+                    places = limiter.free_places(now, len(left) + 1)[1:]
+                    for delivery_id, place in zip(sorted(left), places, strict=True):
+                        self.store.postpone_deliveries(
+                            [delivery_id], until=utc(place), why=f"held back: {why}"
+                        )
+                else:
+                    self.store.postpone_deliveries(left, until=until, why=f"held back: {why}")
                 report.waiting += len(left) + 1
                 report.waiting_until = until
                 report.waiting_why = why
@@ -602,11 +617,12 @@ class Outbox:
         limiter: Limiter,
     ) -> bool:
         """Send one message and record what came of it; False when nothing more may go to
-        this channel in this run (the platform refused its credentials)."""
+        this channel in this run (the platform refused its credentials or its settings)."""
         delivery_id, failures = entry
         me = claimant()
         try:
-            result = channel.send(message)
+            with timed_send(channel.name):  # distributor_send_seconds
+                result = channel.send(message)
         except TransientDeliveryError as exc:
             if exc.maybe_sent and channel.message_kind == "post" and not channel.resend_is_safe:
                 self._maybe_sent(delivery_id, channel, message, exc.reason, report, me)
@@ -637,8 +653,8 @@ class Outbox:
                 delay,
             )
             return True
-        except CredentialsRefusedError as exc:
-            self._refused(delivery_id, channel, exc.reason, report, me)
+        except ChannelMisconfiguredError as exc:  # refused credentials among them
+            self._refused(delivery_id, channel, exc, report, me)
             return False
         except DeliveryError as exc:
             self._failed(delivery_id, "permanent", exc.reason, report, message, me)
@@ -647,7 +663,11 @@ class Outbox:
             self._failed(delivery_id, "permanent", str(exc), report, message, me)
             return True
         if not self.store.finish_delivery(
-            delivery_id, DeliveryStatus.SENT, remote_id=result.remote_id, claimant=me
+            delivery_id,
+            DeliveryStatus.SENT,
+            remote_id=result.remote_id,
+            remote_url=result.url,
+            claimant=me,
         ):
             log.warning(
                 "%s on %s was sent, but another process settled it meanwhile (its claim had "
@@ -677,7 +697,11 @@ class Outbox:
             found = None
         if found is not None:
             self.store.finish_delivery(
-                delivery_id, DeliveryStatus.SENT, remote_id=found.remote_id, claimant=me
+                delivery_id,
+                DeliveryStatus.SENT,
+                remote_id=found.remote_id,
+                remote_url=found.url,
+                claimant=me,
             )
             report.sent += 1
             return
@@ -692,17 +716,29 @@ class Outbox:
         log.warning("%s on %s: %s", message.recipient, channel.name, why)
 
     def _refused(
-        self, delivery_id: int, channel: Channel, reason: str, report: TargetReport, me: str
+        self,
+        delivery_id: int,
+        channel: Channel,
+        exc: ChannelMisconfiguredError,
+        report: TargetReport,
+        me: str,
     ) -> None:
-        """The platform refused the channel's credentials: the message goes back to the outbox
-        untried, the channel is held (every later message, in every edition, waits with it) and
-        an alert says what to do. Retrying with the same credentials would only fail again."""
+        """The platform refused the channel's credentials (or its settings, such as a chat that
+        does not exist): the message goes back to the outbox untried, the channel is held (every
+        later message, in every edition, waits with it) and an alert says what to do. Retrying
+        as configured would only fail again."""
+        reason = exc.reason
         self.store.release_delivery(
             delivery_id, claimant=me, until=None, why=f"not sent: {channel.name}: {reason}"
         )
-        fix = f"fix them, then `distributor release channel:{channel.name}`"
-        self.store.hold(CHANNEL_SCOPE + channel.name, f"credentials refused ({reason}); {fix}")
-        report.channel_held = f"channel {channel.name} refused its credentials: {reason}; {fix}"
+        fix = f"{exc.fix}, then `distributor release channel:{channel.name}`"
+        self.store.hold(CHANNEL_SCOPE + channel.name, f"{exc.problem} ({reason}); {fix}")
+        said = (
+            "refused its credentials"
+            if isinstance(exc, CredentialsRefusedError)
+            else f"is {exc.problem}"
+        )
+        report.channel_held = f"channel {channel.name} {said}: {reason}; {fix}"
         log.error("ALERT: %s", report.channel_held)
 
     def _failed(

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from distributor.channels.base import Channel
 from distributor.config import (
@@ -25,8 +26,15 @@ from distributor.models import (
     Subscriber,
 )
 from distributor.rendering import environment
-from distributor.rendering.context import preview_index, template_context
-from distributor.rendering.email import RenderedDigest, message_id, render_digest
+from distributor.rendering.context import preview_index, template_context, utm_tags
+from distributor.rendering.email import (
+    RenderedDigest,
+    list_id,
+    mail_address,
+    message_id,
+    render_digest,
+    unsubscribe_mailto,
+)
 from distributor.rendering.posts import render_post
 from distributor.tokens import sign
 
@@ -44,7 +52,7 @@ class Composer:
         # Digests rendered during one run: the preview and the send share the inlining of the
         # same content (premailer is the slow part). Emptied when a run or resume starts, so a
         # template fixed in the meantime is always read again.
-        self._digests: dict[tuple[str, str, Edition], RenderedDigest] = {}
+        self._digests: dict[tuple[str, Target, Edition], RenderedDigest] = {}
 
     def channel(self, name: str) -> Channel:
         if name not in self._channels:
@@ -56,13 +64,16 @@ class Composer:
 
     # --- rendering ---------------------------------------------------------------------------
 
-    def render_email(self, schedule: Schedule, edition: Edition, template: str) -> RenderedDigest:
-        key = (schedule.key, template, edition)
+    def render_email(self, schedule: Schedule, edition: Edition, target: Target) -> RenderedDigest:
+        """The email of ``target`` for ``edition``: rendered and inlined once per run."""
+        key = (schedule.key, target, edition)
         if key not in self._digests:
+            utm = utm_tags(target.utm, schedule=schedule.key, source="newsletter", medium="email")
+            audience = target.audience.list if target.audience else None
             context = template_context(
-                self.config.settings.site, schedule, edition, source="newsletter", medium="email"
+                self.config.settings.site, schedule, edition, utm=utm, audience=audience
             )
-            self._digests[key] = render_digest(self.templates, template, context)
+            self._digests[key] = render_digest(self.templates, target.template, context)
         return self._digests[key]
 
     def render_posts(
@@ -74,8 +85,9 @@ class Composer:
             self.config.settings.site,
             schedule,
             edition,
-            source=platform or channel.name,
-            medium="social",
+            utm=utm_tags(
+                target.utm, schedule=schedule.key, source=platform or channel.name, medium="social"
+            ),
         )
         ref = edition_ref(schedule.key, edition.fire_time)
         if target.per == "edition":
@@ -163,7 +175,16 @@ class Composer:
         values = self.personal_values(subscriber, key)
         subject, html, text = digest.personalise(values)
         domain = site.email_from.rpartition("@")[2] or "localhost"
-        to = f"{subscriber.name} <{subscriber.email}>" if subscriber.name else subscriber.email
+        # RFC 2919: the list's id under the site's own domain; the list is the audience of the
+        # target that mails through this channel (one delivery per channel and recipient).
+        list_name = next(
+            (t.audience.list for t in schedule.deliver if t.channel == channel and t.audience),
+            schedule.key,
+        )
+        unsubscribe = f"<{values['unsubscribe_url']}>"
+        if site.unsubscribe_mailto:
+            token = values["unsubscribe_url"].rpartition("/")[2]
+            unsubscribe += f", <{unsubscribe_mailto(site.unsubscribe_mailto, token)}>"
         return Message(
             channel=channel,
             recipient=subscriber.email,
@@ -173,12 +194,14 @@ class Composer:
             text=text,
             html=html,
             headers={
-                "From": f"{site.name} <{site.email_from}>",
-                "To": to,
+                "From": mail_address(site.name, site.email_from),
+                "To": mail_address(subscriber.name, subscriber.email),
                 "Date": format_datetime(datetime.now(UTC)),
                 "Message-ID": message_id(edition_id, subscriber.email, domain),
-                "List-Id": f"{schedule.display_title} <{schedule.key}.{domain}>",
-                "List-Unsubscribe": f"<{values['unsubscribe_url']}>",
+                "List-Id": list_id(
+                    schedule.display_title, list_name, urlsplit(site.url).hostname or domain
+                ),
+                "List-Unsubscribe": unsubscribe,
                 "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
             },
         )
@@ -199,7 +222,7 @@ class Composer:
         for target in schedule.deliver:
             channel = self.channel(target.channel)
             if channel.message_kind == "email":
-                digest = self.render_email(schedule, edition, target.template)
+                digest = self.render_email(schedule, edition, target)
                 subject, html, text = digest.personalise(self.personal_values(sample, key))
                 base = f"email-{target.channel}-{target.template}"
                 (folder / f"{base}.html").write_text(html, encoding="utf-8")

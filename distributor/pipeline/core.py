@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 
-from distributor import selection
+from distributor import scheduling, selection
 from distributor.config import (
     Config,
     Schedule,
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 FINAL_STATES = frozenset({"done", "partial", "failed", "skipped", "missed"})
 NOTHING_NEW = "nothing new since the last post"
+NOBODY_DUE = "no subscriber's local time is the schedule's time"
 
 
 class Core(Ingest, Composer):
@@ -132,10 +133,17 @@ class Core(Ingest, Composer):
             existing = self.store.find_edition(schedule.key, fire_time)
             if existing is not None and existing.state in FINAL_STATES:
                 return self._report_existing(schedule, existing)
-        edition = self.select(schedule, fire_time)
         report = RunReport(
             schedule=schedule.key, fire_time=fire_time, state="selected", dry_run=dry_run
         )
+        if schedule.local_time and not any(
+            self.local_zones(schedule, t, fire_time) != set() for t in schedule.deliver
+        ):
+            # Every quarter hour a local-time schedule looks for readers whose clock shows its
+            # time; a quarter with none leaves no edition behind.
+            report.state, report.reason, report.stored = "skipped", NOBODY_DUE, False
+            return report
+        edition = self.select(schedule, fire_time)
         if not edition.articles and all(t.only_new for t in schedule.deliver) and not dry_run:
             # A poll that found nothing new (breaking alerts, every few seconds) leaves no
             # edition behind: thousands a day would bury the ones that sent something.
@@ -164,14 +172,21 @@ class Core(Ingest, Composer):
         if edition.skip_reason and created:
             report.state, report.reason = "skipped", edition.skip_reason
             return report
+        queue: list[Callable[[], object]] = []
         try:
             report.preview = self.write_preview(schedule, edition)
-            plans = [self._plan(schedule, edition, row.id, target) for target in schedule.deliver]
+            plans = [
+                self._plan(schedule, edition, row.id, target, queue=queue)
+                for target in schedule.deliver
+            ]
         except TemplateError as exc:
-            # Nothing was sent: an edition is never sent half-broken.
+            # Every target's every variant is rendered before any delivery is queued: an
+            # edition is never sent half-broken, nor half queued.
             self.outbox.fail(row.id, str(exc))
             report.state, report.reason = "failed", str(exc)
             return report
+        for write in queue:
+            write()
         return self._send(schedule, row, plans, report)
 
     def resume(self, schedule: Schedule, row: EditionRow) -> RunReport:
@@ -245,6 +260,23 @@ class Core(Ingest, Composer):
             preview=_page_to_open(self.preview_folder(schedule.key, row.fire_time)),
         )
 
+    def local_zones(
+        self, schedule: Schedule, target: Target, fire_time: datetime
+    ) -> set[str | None] | None:
+        """For a target that sends at each subscriber's local time, the timezones whose clock
+        shows the schedule's time at ``fire_time`` (None: subscribers without a timezone, who
+        get the schedule's); None for any other target."""
+        if target.audience is None or not target.audience.local_time:
+            return None
+        own = schedule.trigger.timezone
+        have = self.store.audience_zones(target.audience.list, frequency=target.audience.frequency)
+        due: set[str | None] = set(
+            scheduling.zones_due(schedule, fire_time, {z or own for z in have})
+        )
+        if own in due and None in have:
+            due.add(None)
+        return {z for z in due if z in have or z is None}
+
     def _plan(
         self,
         schedule: Schedule,
@@ -253,12 +285,18 @@ class Core(Ingest, Composer):
         target: Target,
         *,
         wanted: Container[tuple[str, str, str]] | None = None,
+        queue: list[Callable[[], object]] | None = None,
     ) -> Plan:
         """Render what the target needs and write its outbox rows; the messages come later.
 
-        With ``wanted`` (channel, recipient, message key), write nothing and render only what
-        those deliveries need: the edition's outbox exists already.
+        With ``queue``, the writing of the rows is appended to it instead of done, so that the
+        caller can render every target before it queues any delivery. With ``wanted``
+        (channel, recipient, message key), write nothing and render only what those
+        deliveries need: the edition's outbox exists already.
         """
+        defer: Callable[[Callable[[], object]], object] = (
+            queue.append if queue is not None else lambda write: write()
+        )
         channel = self.channel(target.channel)
         ref = edition_ref(schedule.key, edition.fire_time)
         if channel.message_kind == "post":
@@ -267,17 +305,19 @@ class Core(Ingest, Composer):
                 taken = self.store.taken_article_ids(channel.name, except_edition=edition_id)
             posts = self.render_posts(schedule, _without(edition, taken), target, channel)
             if wanted is None:
-                self.store.add_deliveries(
-                    edition_id,
-                    [
-                        {
-                            "channel": p.channel,
-                            "recipient": p.recipient,
-                            "message_key": p.key,
-                            "article_ids": p.article_ids,
-                        }
-                        for p in posts
-                    ],
+                defer(
+                    lambda: self.store.add_deliveries(
+                        edition_id,
+                        [
+                            {
+                                "channel": p.channel,
+                                "recipient": p.recipient,
+                                "message_key": p.key,
+                                "article_ids": p.article_ids,
+                            }
+                            for p in posts
+                        ],
+                    )
                 )
             return Plan(
                 channel=channel,
@@ -286,40 +326,56 @@ class Core(Ingest, Composer):
             )
         assert target.audience is not None  # checked when the configuration was loaded
         audience = target.audience.list
+        frequency = target.audience.frequency  # None: every frequency
+        zones = self.local_zones(schedule, target, edition.fire_time)  # None: every zone
         variants: dict[tuple[str, ...], RenderedDigest | None] = {}
+        # The articles of each variant: recorded on each delivery, so that `only_new` leaves
+        # out of a later edition what was mailed (as it does for posts).
+        variant_ids: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+        def topics_of(subscriber: Subscriber) -> tuple[str, ...]:
+            return tuple(sorted({t.casefold() for t in subscriber.topics}))
 
         def variant(subscriber: Subscriber) -> RenderedDigest | None:
-            topics = tuple(sorted({t.casefold() for t in subscriber.topics}))
+            topics = topics_of(subscriber)
             if topics not in variants:
                 mine = selection.restrict_to_topics(edition, topics)
+                variant_ids[topics] = tuple(a.id for a in mine.articles)
                 variants[topics] = (
-                    self.render_email(schedule, mine, target.template) if mine.articles else None
+                    self.render_email(schedule, mine, target) if mine.articles else None
                 )
             return variants[topics]
 
-        rows = []
-        for subscriber in self.store.audience(audience):
-            if wanted is not None and (channel.name, subscriber.email, "digest") not in wanted:
-                continue
-            # Every variant is rendered before anything is sent, so a broken one sends nothing.
-            if variant(subscriber) is not None and wanted is None:
-                rows.append(
-                    {
-                        "channel": channel.name,
-                        "recipient": subscriber.email,
-                        "message_key": "digest",
-                        "article_ids": (),
-                    }
-                )
-            if len(rows) >= 1000:
+        # Every variant is rendered before anything is queued or sent, so a broken one sends
+        # nothing.
+        for subscriber in self.store.audience(audience, frequency=frequency, zones=zones):
+            if wanted is None or (channel.name, subscriber.email, "digest") in wanted:
+                variant(subscriber)
+
+        def write_rows() -> None:
+            rows = []
+            for subscriber in self.store.audience(audience, frequency=frequency, zones=zones):
+                if variant(subscriber) is not None:
+                    rows.append(
+                        {
+                            "channel": channel.name,
+                            "recipient": subscriber.email,
+                            "message_key": "digest",
+                            "article_ids": variant_ids[topics_of(subscriber)],
+                        }
+                    )
+                if len(rows) >= 1000:
+                    self.store.add_deliveries(edition_id, rows)
+                    rows = []
+            if rows:
                 self.store.add_deliveries(edition_id, rows)
-                rows = []
-        if rows:
-            self.store.add_deliveries(edition_id, rows)
+
+        if wanted is None:
+            defer(write_rows)
         key = self.secret_key()
 
         def messages(keys: Container[tuple[str, str]]) -> Iterator[Message]:
-            for subscriber in self.store.audience(audience):
+            for subscriber in self.store.audience(audience, frequency=frequency, zones=zones):
                 if (subscriber.email, "digest") not in keys:
                     continue
                 digest = variant(subscriber)

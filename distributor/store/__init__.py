@@ -6,14 +6,32 @@ from a second process.
 """
 
 from distributor.store.audience import AudienceQueries
+from distributor.store.bounces import BounceQueries
 from distributor.store.content import ContentQueries
 from distributor.store.deliveries import DeliveryQueries
 from distributor.store.editions import EditionQueries
 from distributor.store.rows import ALL_SCHEDULES, CHANNEL_SCOPE, DeliveryRow, EditionRow, HoldRow
+from distributor.store.subscriptions import SubscriberEvent, SubscriptionQueries
 from distributor.store.websub import WebSubQueries
 
-__all__ = ["ALL_SCHEDULES", "CHANNEL_SCOPE", "DeliveryRow", "EditionRow", "HoldRow", "Store"]
+__all__ = [
+    "ALL_SCHEDULES",
+    "CHANNEL_SCOPE",
+    "DeliveryRow",
+    "EditionRow",
+    "HoldRow",
+    "Store",
+    "SubscriberEvent",
+]
 
 
-class Store(ContentQueries, EditionQueries, DeliveryQueries, AudienceQueries, WebSubQueries):
+class Store(
+    ContentQueries,
+    EditionQueries,
+    DeliveryQueries,
+    AudienceQueries,
+    SubscriptionQueries,
+    BounceQueries,
+    WebSubQueries,
+):
     """All reads and writes of the database go through here."""

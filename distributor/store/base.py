@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Self, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, Insert, Table, create_engine, event, insert
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from distributor.exceptions import StoreError
@@ -88,3 +88,19 @@ class StoreBase:
             except IntegrityError as exc:
                 conflict = exc
         raise StoreError(f"cannot {what}: {conflict.orig}") from conflict
+
+
+def insert_new(conn: Connection, table: Table, *, keys: Sequence[str]) -> Insert:
+    """``INSERT ... ON CONFLICT (keys) DO NOTHING`` on SQLite and PostgreSQL: a row that exists
+    is left alone without an error, so the transaction goes on (PostgreSQL aborts a
+    transaction at a refused insert) and the server logs no failed statement. Another
+    database gets a plain insert, and the unique constraint's error as before."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+        return postgresql_insert(table).on_conflict_do_nothing(index_elements=list(keys))
+    if conn.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table).on_conflict_do_nothing(index_elements=list(keys))
+    return insert(table)

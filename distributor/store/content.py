@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -24,6 +25,8 @@ from distributor.store.tables import (
     articles,
     source_state,
 )
+
+log = logging.getLogger(__name__)
 
 BATCH = 500
 """Rows to a statement or a transaction when many are read or written at once."""
@@ -72,7 +75,7 @@ class ContentQueries(StoreBase):
         10,000.
         """
         moment = now or _now()
-        unique = list({article.id: article for article in batch}.values())
+        unique = _fitting(list({article.id: article for article in batch}.values()))
         hashes = hashes or {}
         outcomes: dict[str, str] = {}
         for start in range(0, len(unique), BATCH):
@@ -132,7 +135,7 @@ class ContentQueries(StoreBase):
             fresh = [
                 {"alias": alias, "article_id": article_id, "created_at": _now()}
                 for alias, article_id in aliases.items()
-                if alias not in known and alias != article_id
+                if alias not in known and alias != article_id and len(alias) <= ID_LENGTH
             ]
             if fresh:
                 conn.execute(insert(article_aliases), fresh)
@@ -275,6 +278,27 @@ def _upsert_chunk(
     if unchanged:
         conn.execute(update(articles).where(articles.c.id.in_(unchanged)).values(last_seen=moment))
     return outcomes
+
+
+ID_LENGTH: int = articles.c.id.type.length  # type: ignore[attr-defined]
+"""The longest article id (a feed GUID, else a URL) the store keeps, in characters."""
+
+
+def _fitting(batch: list[Article]) -> list[Article]:
+    """``batch`` without the articles whose id is too long to store: left out with a warning,
+    alike on SQLite (which would keep it) and PostgreSQL (which would refuse the whole batch)."""
+    too_long = [article for article in batch if len(article.id) > ID_LENGTH]
+    if not too_long:
+        return batch
+    first = too_long[0]
+    log.warning(
+        "source %r: %d article(s) left out, their id longer than %d characters (first: %s...)",
+        first.source,
+        len(too_long),
+        ID_LENGTH,
+        first.id[:80],
+    )
+    return [article for article in batch if len(article.id) <= ID_LENGTH]
 
 
 def _source_hash(row: Any, source: str) -> str | None:

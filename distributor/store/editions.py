@@ -10,7 +10,7 @@ from sqlalchemy import Connection, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from distributor.exceptions import StoreError
-from distributor.store.base import StoreBase
+from distributor.store.base import StoreBase, insert_new
 from distributor.store.rows import (
     ALL_SCHEDULES,
     CHANNEL_SCOPE,
@@ -67,8 +67,8 @@ class EditionQueries(StoreBase):
                 )
         try:
             with self.engine.begin() as conn:
-                conn.execute(
-                    insert(editions).values(
+                done = conn.execute(
+                    insert_new(conn, editions, keys=("schedule", "fire_time", "dry_run")).values(
                         schedule=schedule,
                         fire_time=fire_time,
                         state=state,
@@ -78,9 +78,10 @@ class EditionQueries(StoreBase):
                         created_at=now,
                         updated_at=now,
                     )
+                    .returning(editions.c.id)
                 )
-            created = True
-        except IntegrityError:
+                created = done.first() is not None
+        except IntegrityError:  # a database without ON CONFLICT: the constraint said no
             created = False
         edition = self.find_edition(schedule, fire_time, dry_run=dry_run)
         if edition is None:  # pragma: no cover - deleted between the insert and the read

@@ -2,9 +2,15 @@
 
 Routes:
 
-- ``GET /healthz``: ``{"database": "ok"}`` after a trivial query, else 503 with the reason.
+- ``GET /healthz``: the database and the scheduler alive (:mod:`distributor.web.health`);
+  ``GET /metrics``: Prometheus metrics.
+- ``/dashboard/…``: the operator dashboard (:mod:`distributor.web.dashboard`), with a pipeline.
 - ``GET /websub/{source}``: a hub verifies a subscription (or tells us it denied one).
 - ``POST /websub/{source}``: a hub pushes a new version of a feed.
+- ``POST /bounces/ses``: Amazon SES bounces and complaints from SNS, when
+  ``bounces.ses.enabled`` (:mod:`distributor.web.bounces`).
+- ``/subscribe``, ``/confirm/…``, ``/preferences/…``, ``/unsubscribe/…``: the subscriber
+  pages (:mod:`distributor.web.subscribers`), when a pipeline is given to render and send with.
 
 Every response carries the security headers of :data:`SECURITY_HEADERS`; a page that needs
 its own Content-Security-Policy sets it and keeps it.
@@ -20,21 +26,28 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from distributor.config import Settings
-from distributor.exceptions import StoreError
+from distributor.metrics import Heartbeat
+from distributor.pipeline.compose import Composer
 from distributor.sources.websub import PushOutcome
 from distributor.store import Store
-from distributor.web.pages import static_routes
+from distributor.web import health
+from distributor.web.bounces import bounce_routes
+from distributor.web.dashboard import Dashboard
+from distributor.web.limits import BodyLimit
+from distributor.web.pages import error_handlers, static_routes
+from distributor.web.subscribers import subscriber_routes
 
 log = logging.getLogger(__name__)
 
 SECURITY_HEADERS = {
     # The routes so far answer JSON and plain text: nothing may load, nothing may frame them.
     "content-security-policy": "default-src 'none'; frame-ancestors 'none'",
+    "x-frame-options": "DENY",
     "x-content-type-options": "nosniff",
     "referrer-policy": "no-referrer",
 }
@@ -75,32 +88,35 @@ class SecurityHeaders:
 class _App(Starlette):
     def build_middleware_stack(self) -> ASGIApp:
         # Outside Starlette's own error middleware, so a 500 carries the headers too.
-        return SecurityHeaders(super().build_middleware_stack())
+        return SecurityHeaders(BodyLimit(super().build_middleware_stack()))
 
 
 def create_app(
-    settings: Settings, store: Store, *, websub: WebSubHandler | None = None
+    settings: Settings,
+    store: Store,
+    *,
+    websub: WebSubHandler | None = None,
+    pipeline: Composer | None = None,
+    heartbeat: Heartbeat | None = None,
 ) -> Starlette:
-    """The web app. Without ``websub`` the WebSub callback answers 404."""
+    """The web app. Without ``websub`` the WebSub callback answers 404; without ``pipeline``
+    (what renders and sends confirmation emails) there are no subscriber pages."""
 
-    async def healthz(request: Request) -> Response:
-        try:
-            await run_in_threadpool(store.ping)
-        except StoreError as exc:
-            log.warning("health check: %s", exc)
-            return JSONResponse(
-                {"database": "unreachable", "reason": str(exc)},
-                status_code=503,
-                headers={"cache-control": "no-store"},
-            )
-        return JSONResponse({"database": "ok"}, headers={"cache-control": "no-store"})
-
-    routes = [Route("/healthz", healthz, methods=["GET"]), *static_routes()]
+    routes = [*health.routes(store, heartbeat), *static_routes()]
     if websub is not None:
         routes += _websub_routes(websub)
-    app = _App(routes=routes)
+    routes += bounce_routes(settings, store)  # POST /bounces/ses, when bounces.ses.enabled
+    if pipeline is not None:
+        routes += subscriber_routes(pipeline, store)
+    if pipeline is not None:  # the operator dashboard, behind its login
+        dashboard = Dashboard(
+            pipeline.config, store, pipeline.env, key=pipeline.secret_key(), heartbeat=heartbeat
+        )
+        routes += dashboard.routes()
+    app = _App(routes=routes, exception_handlers=error_handlers())
     app.state.settings = settings
     app.state.store = store
+    app.state.dashboard = dashboard if pipeline is not None else None
     return app
 
 
