@@ -8,10 +8,13 @@ rendered with :func:`page`. Pages load nothing from outside the app: the only st
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from importlib import resources
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
@@ -29,6 +32,18 @@ _environment = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
+
+
+def _local(moment: datetime | None, zone: str = "UTC", with_zone: bool = True) -> str:
+    """A moment as an operator reads it, in ``zone``: ``2026-11-21 07:00 +07``."""
+    if moment is None:
+        return ""
+    local = moment.astimezone(ZoneInfo(zone))
+    text = f"{local:%Y-%m-%d %H:%M:%S}" if local.second else f"{local:%Y-%m-%d %H:%M}"
+    return f"{text} {local:%Z}" if with_zone else text
+
+
+_environment.filters["local"] = _local
 
 
 def environment() -> Environment:
@@ -66,3 +81,32 @@ async def _stylesheet(request: Request) -> Response:
 
 def static_routes() -> list[Route]:
     return [Route("/static/app.css", _stylesheet, methods=["GET"])]
+
+
+_TITLES = {404: "Not found", 405: "Method not allowed"}
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Errors the router raises (an unknown route, a wrong method) as a page."""
+    assert isinstance(exc, HTTPException)
+    title = _TITLES.get(exc.status_code, "Error")
+    message = (
+        "There is no page at this address."
+        if exc.status_code == 404
+        else "This address does not take that kind of request."
+        if exc.status_code == 405
+        else str(exc.detail)
+    )
+    headers = dict(exc.headers or {})
+    return page(
+        request,
+        "error.html.j2",
+        {"title": title, "message": message},
+        status_code=exc.status_code,
+        headers=headers,
+    )
+
+
+def error_handlers() -> dict[Any, Any]:
+    """The app's exception handlers: router errors (404, 405) answered as pages."""
+    return {HTTPException: _http_error}
