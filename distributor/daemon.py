@@ -43,6 +43,8 @@ from distributor.web.server import ServerHandle, serve_in_thread
 
 log = logging.getLogger(__name__)
 
+HEARTBEAT_EVERY = 5.0
+"""Seconds between the heartbeats /healthz reads (see distributor.web.health)."""
 HOUSEKEEPING_EVERY = 5.0
 """Seconds between two looks at the outbox for what is due, and at what a crash left."""
 
@@ -224,10 +226,17 @@ class Daemon:
         for error in report.errors:
             self.printer.note(f"bounces: {error}")
 
+    def _beat(self, scheduler: scheduling.Scheduler) -> None:
+        """/healthz: beat while the scheduler runs. Its own thread, so that a long send in
+        housekeeping (a big list under a rate limit) never reads as a stalled scheduler."""
+        while True:
+            if scheduler.running_now():
+                self.heartbeat.beat()
+            if self.stopping.wait(HEARTBEAT_EVERY):
+                return
+
     def _keep_house(self) -> None:
-        self.heartbeat.beat()  # /healthz: the scheduler runs beside this loop
         while not self.stopping.wait(HOUSEKEEPING_EVERY):
-            self.heartbeat.beat()
             try:
                 self.housekeeping()
             except Exception:  # the next round tries again; the cause is in the log
@@ -288,6 +297,10 @@ class Daemon:
         self._scheduler = scheduler
         keeper = threading.Thread(target=self._keep_house, name="housekeeping", daemon=True)
         keeper.start()
+        self.heartbeat.beat()
+        threading.Thread(
+            target=self._beat, args=(scheduler,), name="heartbeat", daemon=True
+        ).start()
         try:
             scheduler.run_until(self.stopping)
         finally:

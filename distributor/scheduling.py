@@ -454,6 +454,10 @@ class Scheduler:
         """Stop firing; with ``wait``, return once the runs in flight have finished."""
         self._engine.shutdown(wait=wait)
 
+    def running_now(self) -> bool:
+        """Whether the scheduler is started and its loop is alive (what /healthz reports)."""
+        return self._engine.loop_alive()
+
     def run_until(self, stop: threading.Event) -> None:
         """Start firing and block until ``stop`` is set; then finish in-flight runs and return."""
         self.start()
@@ -559,6 +563,11 @@ class _Engine(BaseScheduler):  # type: ignore[misc]  # APScheduler ships no type
 
     def wakeup(self) -> None:
         self._wake.set()
+
+    def loop_alive(self) -> bool:
+        """Whether the scheduler is started and its loop thread has not died."""
+        thread = self._thread
+        return bool(self.state != STATE_STOPPED) and thread is not None and thread.is_alive()
 
     def _main_loop(self) -> None:
         wait: float | None = TIMEOUT_MAX

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from pathlib import Path
 
+import httpx
 import yaml
 
 from tests.conftest import copy_example
@@ -66,6 +67,8 @@ def test_a_signed_push_is_posted_at_once_and_a_forged_one_changes_nothing(
         "the hub verifying the subscription",
     )
     assert f"web app: http://127.0.0.1:{port}" in daemon.output
+    health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).json()
+    assert health["database"] == "ok" and health["scheduler"]["state"] == "running"
 
     breaking = item("BREAKING: Pushed story on heart care", f"{site.base_url}/a/1", guid="push-1")
     body = rss(breaking, hub=hub.url)
