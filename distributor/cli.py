@@ -9,122 +9,38 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import sys
-import threading
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import click
 
 from distributor import leader, logs, scheduling, starter
-from distributor.config import Config, load_config
+from distributor.cli_audience import bounces, subscribers
+from distributor.cli_support import (
+    State,
+    _config_exit,
+    _dump,
+    _open_store,
+    _stop_on_signals,
+    _usage,
+)
+from distributor.config import Config
 from distributor.daemon import Daemon, Printer
 from distributor.exceptions import (
     ConfigError,
     DistributorError,
     StoreError,
-    UnknownEditionError,
 )
 from distributor.models import DeliveryStatus
 from distributor.pipeline import FINAL_STATES, Pipeline
 from distributor.reports import IngestReport, Recovery, RunReport
-from distributor.store import Store
 from distributor.store.rows import scope_name
-from distributor.subscribers import check_address, import_csv, write_csv
 
 log = logging.getLogger("distributor")
-
-
-class State:
-    def __init__(self, config_path: str | None) -> None:
-        self.config_path = config_path
-
-    def config(self) -> Config:
-        try:
-            return load_config(self.config_path, os.environ)
-        except ConfigError as exc:
-            _config_exit(exc)
-
-    @contextmanager
-    def pipeline(self) -> Iterator[Pipeline]:
-        config = self.config()
-        store = _open_store(config)
-        pipeline = Pipeline(config, store, env=os.environ)
-        try:
-            with _stop_on_signals(pipeline.stopping):
-                yield pipeline
-        finally:
-            pipeline.close()
-            store.close()
-
-
-@contextmanager
-def _stop_on_signals(stopping: threading.Event) -> Iterator[None]:
-    """SIGTERM or Ctrl-C: the message in hand finishes, the rest stays pending for the next
-    run, and nothing is half-recorded. A second signal stops at once; a delivery caught in
-    flight is then settled when the bot next starts."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signals reach the main thread only
-        return
-
-    first: list[float] = []
-
-    def _stop(signum: int, _frame: Any) -> None:
-        if first:
-            # The same signal sent to the whole process group (timeout(1), a shell) arrives
-            # twice at once: only a second request a moment later means "stop now".
-            if time.monotonic() - first[0] > 1.0:
-                raise KeyboardInterrupt
-            return
-        first.append(time.monotonic())
-        name = signal.Signals(signum).name
-        click.echo(f"stopping ({name}): finishing what is in hand; the rest waits", err=True)
-        stopping.set()
-
-    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _config_exit(exc: ConfigError) -> NoReturn:
-    count = len(exc.problems)
-    for problem in exc.problems:
-        click.echo(f"error: {problem}", err=True)
-    click.echo(f"{count} problem{'s' if count != 1 else ''} found", err=True)
-    sys.exit(2)
-
-
-def _open_store(config: Config, *, migrate_now: bool | None = None) -> Store:
-    try:
-        return Store.open(config.database_url, migrate_now=migrate_now)
-    except StoreError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-
-
-def _dump(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
-
-
-@contextmanager
-def _usage() -> Iterator[None]:
-    """An unknown schedule, channel or edition named on the command line: exit 2."""
-    try:
-        yield
-    except ConfigError as exc:
-        _config_exit(exc)
-    except UnknownEditionError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -672,27 +588,6 @@ def web_hash_password() -> None:
     click.echo(hash_password(password))
 
 
-# --- bounces ---------------------------------------------------------------------------------
-
-
-@cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.pass_obj
-def bounces(state: State, as_json: bool) -> None:
-    """Read the bounce mailbox now (bounces.maildir or bounces.imap) and suppress what it says."""
-    from distributor.bounces import read_bounces
-
-    with state.pipeline() as pipeline, _usage():
-        report = read_bounces(pipeline)
-    if as_json:
-        _dump(report.as_dict())
-    else:
-        click.echo(report.summary())
-        for error in report.errors:
-            click.echo(f"error: {error}", err=True)
-    sys.exit(1 if report.failed else 0)
-
-
 # --- db --------------------------------------------------------------------------------------
 
 
@@ -711,118 +606,8 @@ def db_upgrade(state: State) -> None:
     click.echo(f"database is up to date ({config.database_url.split('@')[-1]})")
 
 
-# --- subscribers -----------------------------------------------------------------------------
-
-
-@cli.group()
-def subscribers() -> None:
-    """Subscriber lists (CSV columns: email, name, lists, topics, timezone, frequency)."""
-
-
-@subscribers.command("import")
-@click.argument("csv_file", type=click.File("r", encoding="utf-8-sig"))
-@click.pass_obj
-def subscribers_import(state: State, csv_file: Any) -> None:
-    """Import FILE.csv: good rows are added or updated (active: you vouch for their consent),
-    bad ones reported with their line. Unsubscribed, bounced and complained addresses stay so."""
-    config = state.config()
-    store = _open_store(config)
-    try:
-        report = import_csv(store, csv_file, source=Path(csv_file.name).name)
-    finally:
-        store.close()
-    click.echo(f"{report.added} added, {report.updated} updated, {len(report.bad)} bad")
-    if report.suppressed:
-        click.echo(
-            f"{len(report.suppressed)} left as they were (unsubscribed, bounced or complained: "
-            "only they can subscribe again)"
-        )
-    for bad in report.bad:
-        click.echo(f"  {csv_file.name}:{bad.line}: {bad.reason}", err=True)
-    sys.exit(1 if report.bad else 0)
-
-
-@subscribers.command("export")
-@click.argument("csv_file", type=click.File("w", encoding="utf-8"), default="-")
-@click.pass_obj
-def subscribers_export(state: State, csv_file: Any) -> None:
-    """Write the active subscribers as CSV (to standard output by default)."""
-    config = state.config()
-    store = _open_store(config)
-    try:
-        write_csv(store.subscribers(status="active"), csv_file)
-    finally:
-        store.close()
-
-
-@subscribers.command("add")
-@click.argument("email")
-@click.option("--name")
-@click.option("--list", "lists", multiple=True, required=True, help="A list (repeatable).")
-@click.option("--topic", "topics", multiple=True, help="A topic (repeatable).")
-@click.option("--timezone")
-@click.option("--frequency", type=click.Choice(["daily", "weekly"]), default="daily")
-@click.pass_obj
-def subscribers_add(
-    state: State,
-    email: str,
-    name: str | None,
-    lists: Sequence[str],
-    topics: Sequence[str],
-    timezone: str | None,
-    frequency: str,
-) -> None:
-    """Add (or update) one subscriber, confirmed by the operator."""
-    from distributor.subscribers import parse_row
-
-    try:
-        subscriber = parse_row(
-            {
-                "email": email,
-                "name": name,
-                "lists": ";".join(lists),
-                "topics": ";".join(topics),
-                "timezone": timezone,
-                "frequency": frequency,
-            }
-        )
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
-    config = state.config()
-    store = _open_store(config)
-    try:
-        outcome = store.upsert_subscriber(subscriber, consent_source="operator")
-    finally:
-        store.close()
-    if outcome == "suppressed":
-        click.echo(
-            f"{subscriber.email} unsubscribed, bounced or complained: left so (only they can "
-            "subscribe again, through the web form)",
-            err=True,
-        )
-        sys.exit(1)
-    click.echo(f"{outcome} {subscriber.email}")
-
-
-@subscribers.command("remove")
-@click.argument("email")
-@click.pass_obj
-def subscribers_remove(state: State, email: str) -> None:
-    """Unsubscribe an address: it is never mailed again by any schedule."""
-    try:
-        address = check_address(email)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
-    config = state.config()
-    store = _open_store(config)
-    try:
-        found = store.unsubscribe(address, source="operator")
-    finally:
-        store.close()
-    if found is None:
-        click.echo(f"no subscriber {address}", err=True)
-        sys.exit(1)
-    click.echo(f"unsubscribed {address}")
+cli.add_command(subscribers)
+cli.add_command(bounces)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
