@@ -126,6 +126,8 @@ class SchedulerLock:
 
         Raises :class:`StoreError` when PostgreSQL cannot be reached (a standby goes on asking).
         """
+        if self.held():  # once is enough: asking again would stack a second hold
+            return True
         try:
             conn = self._connect()
             got = conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": self._key})
@@ -206,7 +208,9 @@ class SchedulerLock:
         """Let the lock go (a standby takes over at its next poll) and close the connection."""
         if self._conn is not None and self._key is not None:
             with contextlib.suppress(SQLAlchemyError):  # gone, and the lock went with it
-                self._conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": self._key})
+                # All of it: a session-level advisory lock counts each time it was taken, and
+                # the server may end the closed connection's session only a moment later.
+                self._conn.execute(text("SELECT pg_advisory_unlock_all()"))
         self._drop()
         self._engine.dispose()
 
