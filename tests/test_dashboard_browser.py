@@ -1,9 +1,11 @@
 """The dashboard end to end in headless Chromium (Debian's, driven by Playwright): log in,
-approve a held edition and see it delivered, retry a failure; screenshots of each page go to
-docs/images/dashboard-*.png."""
+approve a held edition and see it delivered, retry a failure. Screenshots of each page are
+taken into a temporary folder; with DISTRIBUTOR_SCREENSHOTS=docs/images they refresh the ones in
+docs/ (a test run never rewrites tracked files on its own)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +16,8 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from distributor.web.server import serve_in_thread
 from tests.helpers_dashboard import PASSWORD, Site, add_users, site
 
-ROOT = Path(__file__).resolve().parent.parent
-IMAGES = ROOT / "docs" / "images"
+SCREENSHOTS = os.environ.get("DISTRIBUTOR_SCREENSHOTS")
+_TEMP = Path(os.environ.get("TMPDIR", "/tmp")) / f"distributor-screens-{os.getpid()}"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = [
     "--no-sandbox",
@@ -62,8 +64,11 @@ def _log_in(page: Page, base: str) -> None:
 
 
 def _shot(page: Page, name: str) -> None:
-    IMAGES.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(IMAGES / f"dashboard-{name}.png"), full_page=True)
+    folder = Path(SCREENSHOTS) if SCREENSHOTS else _TEMP
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"dashboard-{name}.png"
+    page.screenshot(path=str(target), full_page=True)
+    assert target.stat().st_size > 1000  # a picture, not an empty file
 
 
 def _until_done(page: Page) -> None:
