@@ -139,9 +139,12 @@ class Message:
 
 class DeliveryStatus(StrEnum):
     """A delivery's life: pending -> sending -> sent | failed | unknown; or pending -> skipped
-    (nothing left to send it to); dry-run records what a dry run would have sent."""
+    (nothing left to send it to); dry-run records what a dry run would have sent. An email
+    goes pending -> claimed -> sending: claimed with others in one batch by one process
+    (:mod:`distributor.delivery.batch`), not yet handed to the channel."""
 
     PENDING = "pending"
+    CLAIMED = "claimed"
     SENDING = "sending"
     SENT = "sent"
     FAILED = "failed"

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.policy import SMTP, EmailPolicy
+from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
@@ -50,8 +51,22 @@ class _MailPolicy(EmailPolicy):
             return bytes(_UNFOLDED.fold_binary(name, value))
         return bytes(super().fold_binary(name, value))
 
+    def header_fetch_parse(self, name: str, value: str) -> Any:
+        # A header read from a message (the SMTP channel reads From) is parsed once per value:
+        # the From of an edition is the same for its 100,000 messages.
+        if self is POLICY and isinstance(value, str) and not hasattr(value, "name"):
+            return _fetched(name, value)
+        return super().header_fetch_parse(name, value)
+
 
 POLICY = _MailPolicy(linesep="\r\n")  # email.policy.SMTP, but for the link headers
+
+
+@lru_cache(maxsize=256)
+def _fetched(name: str, value: str) -> Any:
+    return EmailPolicy.header_fetch_parse(POLICY, name, value)
+
+
 _ASSEMBLER = Assembler(POLICY)
 
 PERSONAL_FIELDS = ("name", "email", "unsubscribe_url", "preferences_url")

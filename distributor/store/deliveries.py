@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, func, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 
 from distributor.models import DeliveryStatus
 from distributor.store.base import StoreBase
@@ -29,14 +40,24 @@ class DeliveryQueries(StoreBase):
         now = _now()
 
         def work(conn: Connection) -> int:
-            existing = {
-                (r.channel, r.recipient, r.message_key)
-                for r in conn.execute(
-                    select(
-                        deliveries.c.channel, deliveries.c.recipient, deliveries.c.message_key
-                    ).where(deliveries.c.edition_id == edition_id)
+            # Only the rows these could clash with: an edition of 100,000 readers is written
+            # 1,000 at a time, and reading all its rows for each thousand took minutes.
+            existing: set[tuple[str, str, str]] = set()
+            recipients = sorted({row["recipient"] for row in rows})
+            channels = sorted({row["channel"] for row in rows})
+            for start in range(0, len(recipients), 500):
+                existing.update(
+                    (r.channel, r.recipient, r.message_key)
+                    for r in conn.execute(
+                        select(
+                            deliveries.c.channel, deliveries.c.recipient, deliveries.c.message_key
+                        ).where(
+                            deliveries.c.edition_id == edition_id,
+                            deliveries.c.channel.in_(channels),
+                            deliveries.c.recipient.in_(recipients[start : start + 500]),
+                        )
+                    )
                 )
-            }
             fresh: dict[tuple[str, str, str], dict[str, Any]] = {}
             for row in rows:
                 key = (row["channel"], row["recipient"], row["message_key"])
@@ -389,8 +410,274 @@ class DeliveryQueries(StoreBase):
                 out.update(ids or ())
         return out
 
+    # --- batches (distributor.delivery.batch) -------------------------------------------------
+
+    def pending_keys(self, edition_id: int) -> Iterator[Any]:
+        """The pending deliveries of an edition, streamed, only what sending needs of them:
+        ``id``, ``channel``, ``recipient``, ``message_key``, ``failures``,
+        ``next_attempt_at``."""
+        query = select(
+            deliveries.c.id,
+            deliveries.c.channel,
+            deliveries.c.recipient,
+            deliveries.c.message_key,
+            deliveries.c.failures,
+            deliveries.c.next_attempt_at,
+        ).where(
+            deliveries.c.edition_id == edition_id,
+            deliveries.c.status == DeliveryStatus.PENDING.value,
+        )
+        with self.engine.connect() as conn:
+            yield from conn.execute(query.order_by(deliveries.c.id))
+
+    def claim_deliveries(
+        self,
+        edition_id: int,
+        channel: str,
+        *,
+        claimant: str,
+        now: datetime | None = None,
+        ids: Sequence[int] | None = None,
+        limit: int | None = None,
+    ) -> list[int]:
+        """Move pending deliveries of one edition and channel to ``claimed`` for ``claimant``
+        (``host:pid:token``), in one statement: those of ``ids``, else the next ``limit`` by
+        id. Only rows that are pending and due (``next_attempt_at``) are taken, so a row that
+        another process holds, or that waits for a retry, is never taken twice. Returns the
+        ids taken, ascending."""
+        now = now or _now()
+        due = [
+            deliveries.c.edition_id == edition_id,
+            deliveries.c.channel == channel,
+            deliveries.c.status == DeliveryStatus.PENDING.value,
+            or_(deliveries.c.next_attempt_at.is_(None), deliveries.c.next_attempt_at <= now),
+        ]
+        if ids is not None:
+            if not ids:
+                return []
+            chosen: Any = deliveries.c.id.in_(list(ids))
+        else:
+            pick = select(deliveries.c.id).where(*due).order_by(deliveries.c.id)
+            pick = pick.limit(limit if limit is not None else 500)
+            if self.engine.dialect.name == "postgresql":
+                pick = pick.with_for_update(skip_locked=True)  # claimers never wait on each other
+            chosen = deliveries.c.id.in_(pick.scalar_subquery())
+        query = (
+            update(deliveries)
+            .where(chosen, *due)
+            .values(status=DeliveryStatus.CLAIMED.value, claimed_by=claimant, updated_at=now)
+            .returning(deliveries.c.id)
+        )
+        with self.engine.begin() as conn:
+            return sorted(conn.execute(query).scalars())
+
+    def release_claims(
+        self,
+        delivery_ids: Sequence[int],
+        *,
+        claimant: str | None,
+        until: datetime | None = None,
+        why: str | None = None,
+    ) -> int:
+        """Give back deliveries ``claimant`` claimed and did not hand to their channel: pending
+        again (not before ``until``), nothing counted. Returns how many it gave back."""
+        values: dict[str, Any] = {
+            "status": DeliveryStatus.PENDING.value,
+            "updated_at": _now(),
+            "next_attempt_at": until,
+        }
+        if why is not None:
+            values["last_error"] = why
+        released = 0
+        with self.engine.begin() as conn:
+            for start in range(0, len(delivery_ids), 500):
+                done = conn.execute(
+                    update(deliveries)
+                    .where(
+                        deliveries.c.id.in_(list(delivery_ids[start : start + 500])),
+                        deliveries.c.status == DeliveryStatus.CLAIMED.value,
+                        _claimed_by(claimant),
+                    )
+                    .values(**values)
+                )
+                released += done.rowcount
+        return released
+
+    @contextmanager
+    def batch_connection(self) -> Iterator[Connection]:
+        """A connection for a run of :meth:`batch_step` calls (one process's batch), whose
+        commits do not wait for the disk unless asked to (SQLite in WAL mode); as it was
+        when the run ends."""
+        with self.engine.connect() as conn:
+            lighter = _lighter_commits(conn, True)
+            try:
+                yield conn
+            finally:
+                if lighter:
+                    _lighter_commits(conn, False)
+
+    def batch_step(
+        self,
+        *,
+        claimant: str,
+        record: DeliveryOutcome | None = None,
+        start: int | None = None,
+        durable: bool = True,
+        conn: Connection | None = None,
+    ) -> bool:
+        """One transaction of a batch: record what became of the delivery handed to its
+        channel last (``record``, while ``claimant`` holds it in ``sending``), and move the
+        next one (``start``) from ``claimed`` to ``sending``, counting the attempt. Returns
+        whether ``start`` was taken (False: another process settled the claim meanwhile).
+
+        ``durable=False`` commits without waiting for the disk (SQLite in WAL mode:
+        ``synchronous=NORMAL``; PostgreSQL: ``synchronous_commit=off``): the commit survives
+        the process dying, not the machine losing power. A later durable commit makes every
+        earlier one durable too. ``conn``: one from :meth:`batch_connection`.
+        """
+        with ExitStack() as stack:
+            if conn is None:
+                conn = stack.enter_context(
+                    self.engine.connect() if durable else self.batch_connection()
+                )
+            heavy = durable and conn.info.get(_LIGHTER, False)
+            if heavy:
+                _lighter_commits(conn, False)
+            taken = self._batch_step(conn, claimant, record, start, durable)
+            if heavy:
+                _lighter_commits(conn, True)
+        return taken
+
+    def _batch_step(
+        self,
+        conn: Connection,
+        claimant: str,
+        record: DeliveryOutcome | None,
+        start: int | None,
+        durable: bool,
+    ) -> bool:
+        now = _now()
+        taken = True
+        with conn.begin():
+            if not durable and conn.dialect.name == "postgresql":
+                conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+            if record is not None:
+                statement, params = _recording(record.values(now))
+                conn.execute(statement, {**params, "b_id": record.delivery_id, "b_me": claimant})
+            if start is not None:
+                done = conn.execute(_START, {"b_id": start, "b_me": claimant, "b_now": now})
+                taken = bool(done.rowcount)
+        return taken
+
 
 def _claimed_by(claimant: str | None) -> ColumnElement[bool]:
     if claimant is None:
         return deliveries.c.claimed_by.is_(None)
     return deliveries.c.claimed_by == claimant
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeliveryOutcome:
+    """What became of one delivery its channel was given, as :meth:`batch_step` records it.
+
+    ``status``: ``sent``; ``failed`` (with ``error_class``); or ``pending`` again, not before
+    ``next_attempt_at``: after a passing failure (``failure``: counted), or given back untried
+    (``attempted=False``: the attempt is not counted).
+    """
+
+    delivery_id: int
+    status: DeliveryStatus
+    remote_id: str | None = None
+    remote_url: str | None = None
+    error_class: str | None = None
+    error: str | None = None
+    next_attempt_at: datetime | None = None
+    failure: bool = False
+    attempted: bool = True
+
+    def values(self, now: datetime) -> dict[str, Any]:
+        values: dict[str, Any] = {"status": self.status.value, "updated_at": now}
+        if self.status == DeliveryStatus.PENDING:
+            values["next_attempt_at"] = self.next_attempt_at
+            if self.failure:
+                values["failures"] = deliveries.c.failures + 1
+                values["error_class"] = "transient"
+            if not self.attempted:
+                values["attempts"] = deliveries.c.attempts - 1
+            if self.error is not None:
+                values["last_error"] = self.error
+            return values
+        values.update(error_class=self.error_class, last_error=self.error, next_attempt_at=None)
+        if self.remote_id is not None:
+            values["remote_id"] = self.remote_id
+        if self.remote_url is not None:
+            values["remote_url"] = self.remote_url
+        if self.status in (DeliveryStatus.SENT, DeliveryStatus.DRY_RUN):
+            values["sent_at"] = now
+        return values
+
+
+_LIGHTER = "distributor_lighter_commits"
+
+
+def _lighter_commits(conn: Connection, on: bool) -> bool:
+    """SQLite in WAL mode: commit without syncing the disk (``on``), or as before (``off``).
+    Returns whether it changed anything. Other journal modes, and other databases, are left
+    alone: outside WAL mode an unsynced commit could corrupt the file on power loss."""
+    if conn.dialect.name != "sqlite":
+        return False
+    info = conn.info
+    if "distributor_wal" not in info:
+        mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+        info["distributor_wal"] = str(mode).lower() == "wal"
+        info["distributor_synchronous"] = conn.exec_driver_sql("PRAGMA synchronous").scalar()
+    if not info["distributor_wal"]:
+        conn.commit()
+        return False
+    level = "NORMAL" if on else str(int(info["distributor_synchronous"]))
+    conn.exec_driver_sql(f"PRAGMA synchronous = {level}")
+    conn.commit()  # ends the transaction SQLAlchemy began for the pragma (SQLite began none)
+    info[_LIGHTER] = on
+    return True
+
+
+# The statements of a batch, built once: building one per message cost more than running it.
+_START = (
+    update(deliveries)
+    .where(
+        deliveries.c.id == bindparam("b_id"),
+        deliveries.c.status == DeliveryStatus.CLAIMED.value,
+        deliveries.c.claimed_by == bindparam("b_me"),
+    )
+    .values(
+        status=DeliveryStatus.SENDING.value,
+        attempts=deliveries.c.attempts + 1,
+        updated_at=bindparam("b_now", type_=deliveries.c.updated_at.type),
+    )
+)
+_RECORDINGS: dict[tuple[tuple[str, bool], ...], Any] = {}
+
+
+def _recording(values: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The UPDATE that records ``values`` (column -> value or SQL expression) on a row this
+    claimant holds in ``sending``, and its parameters."""
+    shape = tuple(sorted((name, isinstance(v, ColumnElement)) for name, v in values.items()))
+    if shape not in _RECORDINGS:
+        _RECORDINGS[shape] = (
+            update(deliveries)
+            .where(
+                deliveries.c.id == bindparam("b_id"),
+                deliveries.c.status == DeliveryStatus.SENDING.value,
+                deliveries.c.claimed_by == bindparam("b_me"),
+            )
+            .values(
+                {
+                    name: values[name]
+                    if expression
+                    else bindparam(f"v_{name}", type_=deliveries.c[name].type)
+                    for name, expression in shape
+                }
+            )
+        )
+    params = {f"v_{n}": v for n, v in values.items() if not isinstance(v, ColumnElement)}
+    return _RECORDINGS[shape], params
