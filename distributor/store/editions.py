@@ -68,7 +68,8 @@ class EditionQueries(StoreBase):
         try:
             with self.engine.begin() as conn:
                 done = conn.execute(
-                    insert_new(conn, editions, keys=("schedule", "fire_time", "dry_run")).values(
+                    insert_new(conn, editions, keys=("schedule", "fire_time", "dry_run"))
+                    .values(
                         schedule=schedule,
                         fire_time=fire_time,
                         state=state,
