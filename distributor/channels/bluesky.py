@@ -57,6 +57,7 @@ from distributor.channels.http import (
     json_document,
     origin,
     parse_retry_after,
+    parse_time,
     required_secret,
     retry_after_wait,
     web_link,
@@ -232,7 +233,7 @@ class BlueskyChannel(Channel):
             if not isinstance(value, dict) or value.get("text") != message.text:
                 continue
             if since is not None:
-                made = _parse_time(value.get("createdAt"))
+                made = parse_time(value.get("createdAt"))
                 if made is None or made < since - _CLOCK_SKEW:
                     continue
             uri = entry["uri"]
@@ -529,16 +530,6 @@ def _timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
 def _edition_time(edition: str) -> datetime | None:
     """The nominal time of an edition ``schedule@20240501T090000Z``; None when not given."""
     _, at, when = edition.rpartition("@")
@@ -547,4 +538,4 @@ def _edition_time(edition: str) -> datetime | None:
     try:
         return datetime.strptime(when, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
     except ValueError:
-        return _parse_time(when)
+        return parse_time(when)

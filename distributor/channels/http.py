@@ -374,3 +374,15 @@ def seconds(value: object) -> float | None:
     if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
         return float(value)
     return None
+
+
+def parse_time(value: Any) -> datetime | None:
+    """An ISO 8601 time from a platform's answer (UTC when it names no zone); None if it is
+    not one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

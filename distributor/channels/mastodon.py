@@ -67,6 +67,7 @@ from distributor.channels.http import (
     json_document,
     origin,
     parse_retry_after,
+    parse_time,
     required_secret,
     retry_after_wait,
     wait_until,
@@ -242,7 +243,7 @@ class MastodonChannel(Channel):
             if not isinstance(status, dict) or id_text(status.get("id")) is None:
                 continue
             if since is not None:
-                made = _parse_time(status.get("created_at"))
+                made = parse_time(status.get("created_at"))
                 if made is None or made < since - CLOCK_SKEW:
                     continue
             if _carries(status, link):
@@ -407,16 +408,6 @@ def _carries(status: Mapping[str, Any], link: str) -> bool:
         return True
     card = status.get("card")
     return isinstance(card, dict) and card.get("url") == link
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _positive(value: Any, default: int) -> int:
