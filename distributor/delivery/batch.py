@@ -36,20 +36,13 @@ from itertools import islice
 from sqlalchemy import Connection
 
 from distributor.channels.base import Channel, RateLimit
+from distributor.delivery.attempt import attempt, count_failure, hold_channel
 from distributor.delivery.claims import claimant, left_behind
 from distributor.delivery.limits import Limiter, utc
-from distributor.exceptions import (
-    ChannelMisconfiguredError,
-    CredentialsRefusedError,
-    DeliveryError,
-    DistributorError,
-    TransientDeliveryError,
-)
 from distributor.logs import delivery_context
-from distributor.metrics import timed_send
 from distributor.models import DeliveryStatus, Message
 from distributor.reports import TargetReport
-from distributor.store import CHANNEL_SCOPE, Store
+from distributor.store import Store
 from distributor.store.deliveries import DeliveryOutcome
 
 log = logging.getLogger(__name__)
@@ -372,88 +365,55 @@ def _attempt(
     """Send one email and keep its outcome for the recorder; False when nothing more may go
     to this channel in this run (the platform refused its credentials or its settings)."""
     delivery_id, failures = entry
-    try:
-        with timed_send(channel.name):  # distributor_send_seconds
-            result = channel.send(message)
-    except TransientDeliveryError as exc:
-        failures += 1
-        if exc.retry_after:
-            limiter.pause(
-                pace.clock() + exc.retry_after,
-                f"{channel.name} asked to wait {exc.retry_after:g} s",
-            )
-        if failures >= pace.max_failures:
-            reason = f"gave up after {failures} passing failures: {exc.reason}"
-            _failed(recorder, delivery_id, "transient", reason, report, message)
-            return True
-        delay = exc.retry_after if exc.retry_after else pace.backoff(failures)
-        recorder.last = DeliveryOutcome(
-            delivery_id=delivery_id,
-            status=DeliveryStatus.PENDING,
-            next_attempt_at=utc(pace.clock() + delay),
-            error=f"attempt {failures} failed: {exc.reason}",
-            failure=True,
-        )
-        report.retried += 1
-        log.info(
-            "%s on %s failed for a passing reason (%s); again in %.1f s",
-            message.recipient,
-            channel.name,
-            exc.reason,
-            delay,
-        )
-        return True
-    except ChannelMisconfiguredError as exc:  # refused credentials among them
+    verdict = attempt(
+        channel,
+        message,
+        failures,
+        limiter,
+        clock=pace.clock,
+        max_failures=pace.max_failures,
+        backoff=pace.backoff,
+        report=report,
+    )
+    if verdict.kind == "refused":
+        assert verdict.refusal is not None
         # Back to the outbox untried; the channel is held until an operator releases it.
         recorder.last = DeliveryOutcome(
             delivery_id=delivery_id,
             status=DeliveryStatus.PENDING,
-            error=f"not sent: {channel.name}: {exc.reason}",
+            error=f"not sent: {channel.name}: {verdict.refusal.reason}",
             attempted=False,
         )
-        fix = f"{exc.fix}, then `distributor release channel:{channel.name}`"
-        store.hold(CHANNEL_SCOPE + channel.name, f"{exc.problem} ({exc.reason}); {fix}")
-        said = (
-            "refused its credentials"
-            if isinstance(exc, CredentialsRefusedError)
-            else f"is {exc.problem}"
-        )
-        report.channel_held = f"channel {channel.name} {said}: {exc.reason}; {fix}"
-        log.error("ALERT: %s", report.channel_held)
+        hold_channel(store, channel, verdict.refusal, report)
         return False
-    except DeliveryError as exc:
-        _failed(recorder, delivery_id, "permanent", exc.reason, report, message)
-        return True
-    except DistributorError as exc:
-        _failed(recorder, delivery_id, "permanent", str(exc), report, message)
-        return True
-    recorder.last = DeliveryOutcome(
-        delivery_id=delivery_id,
-        status=DeliveryStatus.SENT,
-        remote_id=result.remote_id,
-        remote_url=result.url,
-    )
-    report.sent += 1
+    # "maybe_sent" is never the verdict of an email (only posts are checked with the
+    # platform): a batch holds emails only.
+    if verdict.kind == "retry":
+        recorder.last = DeliveryOutcome(
+            delivery_id=delivery_id,
+            status=DeliveryStatus.PENDING,
+            next_attempt_at=utc(pace.clock() + verdict.delay),
+            error=verdict.error,
+            failure=True,
+        )
+    elif verdict.kind == "failed":
+        recorder.last = DeliveryOutcome(
+            delivery_id=delivery_id,
+            status=DeliveryStatus.FAILED,
+            error_class=verdict.error_class,
+            error=verdict.error,
+        )
+        count_failure(report, message, verdict.error)
+    else:
+        assert verdict.result is not None
+        recorder.last = DeliveryOutcome(
+            delivery_id=delivery_id,
+            status=DeliveryStatus.SENT,
+            remote_id=verdict.result.remote_id,
+            remote_url=verdict.result.url,
+        )
+        report.sent += 1
     return True
-
-
-def _failed(
-    recorder: _Recorder,
-    delivery_id: int,
-    error_class: str,
-    reason: str,
-    report: TargetReport,
-    message: Message,
-) -> None:
-    recorder.last = DeliveryOutcome(
-        delivery_id=delivery_id,
-        status=DeliveryStatus.FAILED,
-        error_class=error_class,
-        error=reason,
-    )
-    report.failed += 1
-    report.errors.append(f"{message.recipient}: {reason}")
-    log.warning("delivery to %s on %s failed: %s", message.recipient, message.channel, reason)
 
 
 def release_left_claims(store: Store) -> dict[int, dict[str, int]]:

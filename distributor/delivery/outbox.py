@@ -31,6 +31,7 @@ from zoneinfo import ZoneInfo
 
 from distributor.channels.base import Channel, ChannelKind
 from distributor.config import Schedule
+from distributor.delivery.attempt import attempt, count_failure, hold_channel
 from distributor.delivery.batch import Pace, release_left_claims, send_batch
 from distributor.delivery.claims import claimant, left_behind, reconciled
 from distributor.delivery.limits import (
@@ -42,18 +43,13 @@ from distributor.delivery.limits import (
     utc,
 )
 from distributor.exceptions import (
-    ChannelMisconfiguredError,
-    CredentialsRefusedError,
-    DeliveryError,
     DistributorError,
     TemplateError,
-    TransientDeliveryError,
 )
 from distributor.logs import delivery_context
-from distributor.metrics import timed_send
 from distributor.models import DeliveryResult, DeliveryStatus, Message
 from distributor.reports import Outcome, TargetReport
-from distributor.store import CHANNEL_SCOPE, DeliveryRow, EditionRow, Store
+from distributor.store import DeliveryRow, EditionRow, Store
 
 log = logging.getLogger(__name__)
 
@@ -674,62 +670,60 @@ class Outbox:
         this channel in this run (the platform refused its credentials or its settings)."""
         delivery_id, failures = entry
         me = claimant()
-        try:
-            with timed_send(channel.name):  # distributor_send_seconds
-                result = channel.send(message)
-        except TransientDeliveryError as exc:
-            if exc.maybe_sent and channel.message_kind == "post" and not channel.resend_is_safe:
-                self._maybe_sent(delivery_id, channel, message, exc.reason, report, me)
-                return True
-            failures += 1
-            if exc.retry_after:
-                limiter.pause(
-                    self.clock() + exc.retry_after,
-                    f"{channel.name} asked to wait {exc.retry_after:g} s",
-                )
-            if failures >= self.max_failures:
-                reason = f"gave up after {failures} passing failures: {exc.reason}"
-                self._failed(delivery_id, "transient", reason, report, message, me)
-                return True
-            delay = exc.retry_after if exc.retry_after else self.backoff(failures)
+        verdict = attempt(
+            channel,
+            message,
+            failures,
+            limiter,
+            clock=self.clock,
+            max_failures=self.max_failures,
+            backoff=self.backoff,
+            report=report,
+        )
+        if verdict.kind == "maybe_sent":
+            self._maybe_sent(delivery_id, channel, message, verdict.error, report, me)
+        elif verdict.kind == "retry":
             self.store.defer_delivery(
                 delivery_id,
                 claimant=me,
-                until=utc(self.clock() + delay),
-                error=f"attempt {failures} failed: {exc.reason}",
+                until=utc(self.clock() + verdict.delay),
+                error=verdict.error,
             )
-            report.retried += 1
-            log.info(
-                "%s on %s failed for a passing reason (%s); again in %.1f s",
-                message.recipient,
-                channel.name,
-                exc.reason,
-                delay,
+        elif verdict.kind == "refused":
+            assert verdict.refusal is not None
+            self.store.release_delivery(
+                delivery_id,
+                claimant=me,
+                until=None,
+                why=f"not sent: {channel.name}: {verdict.refusal.reason}",
             )
-            return True
-        except ChannelMisconfiguredError as exc:  # refused credentials among them
-            self._refused(delivery_id, channel, exc, report, me)
+            hold_channel(self.store, channel, verdict.refusal, report)
             return False
-        except DeliveryError as exc:
-            self._failed(delivery_id, "permanent", exc.reason, report, message, me)
-            return True
-        except DistributorError as exc:
-            self._failed(delivery_id, "permanent", str(exc), report, message, me)
-            return True
-        if not self.store.finish_delivery(
-            delivery_id,
-            DeliveryStatus.SENT,
-            remote_id=result.remote_id,
-            remote_url=result.url,
-            claimant=me,
-        ):
-            log.warning(
-                "%s on %s was sent, but another process settled it meanwhile (its claim had "
-                "lapsed); it may have gone out twice",
-                message.recipient,
-                channel.name,
+        elif verdict.kind == "failed":
+            self.store.finish_delivery(
+                delivery_id,
+                DeliveryStatus.FAILED,
+                error_class=verdict.error_class,
+                error=verdict.error,
+                claimant=me,
             )
-        report.sent += 1
+            count_failure(report, message, verdict.error)
+        else:
+            assert verdict.result is not None
+            if not self.store.finish_delivery(
+                delivery_id,
+                DeliveryStatus.SENT,
+                remote_id=verdict.result.remote_id,
+                remote_url=verdict.result.url,
+                claimant=me,
+            ):
+                log.warning(
+                    "%s on %s was sent, but another process settled it meanwhile (its claim "
+                    "had lapsed); it may have gone out twice",
+                    message.recipient,
+                    channel.name,
+                )
+            report.sent += 1
         return True
 
     def _maybe_sent(
@@ -768,45 +762,3 @@ class Outbox:
         )
         report.errors.append(f"{message.recipient}: {why}")
         log.warning("%s on %s: %s", message.recipient, channel.name, why)
-
-    def _refused(
-        self,
-        delivery_id: int,
-        channel: Channel,
-        exc: ChannelMisconfiguredError,
-        report: TargetReport,
-        me: str,
-    ) -> None:
-        """The platform refused the channel's credentials (or its settings, such as a chat that
-        does not exist): the message goes back to the outbox untried, the channel is held (every
-        later message, in every edition, waits with it) and an alert says what to do. Retrying
-        as configured would only fail again."""
-        reason = exc.reason
-        self.store.release_delivery(
-            delivery_id, claimant=me, until=None, why=f"not sent: {channel.name}: {reason}"
-        )
-        fix = f"{exc.fix}, then `distributor release channel:{channel.name}`"
-        self.store.hold(CHANNEL_SCOPE + channel.name, f"{exc.problem} ({reason}); {fix}")
-        said = (
-            "refused its credentials"
-            if isinstance(exc, CredentialsRefusedError)
-            else f"is {exc.problem}"
-        )
-        report.channel_held = f"channel {channel.name} {said}: {reason}; {fix}"
-        log.error("ALERT: %s", report.channel_held)
-
-    def _failed(
-        self,
-        delivery_id: int,
-        error_class: str,
-        reason: str,
-        report: TargetReport,
-        message: Message,
-        me: str,
-    ) -> None:
-        self.store.finish_delivery(
-            delivery_id, DeliveryStatus.FAILED, error_class=error_class, error=reason, claimant=me
-        )
-        report.failed += 1
-        report.errors.append(f"{message.recipient}: {reason}")
-        log.warning("delivery to %s on %s failed: %s", message.recipient, message.channel, reason)
