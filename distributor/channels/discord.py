@@ -36,37 +36,29 @@ log lines have it masked.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlunsplit
 
 import httpx
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from distributor.channels.base import Channel, ChannelKind, RateLimit
+from distributor.channels.base import ChannelKind, RateLimit
 from distributor.channels.http import (
     answered,
-    base_address,
-    hide,
     id_text,
     json_object,
-    origin,
-    required_secret,
     retry_after_wait,
     seconds,
     web_link,
-    webhook_client,
-    webhook_secrets,
     webhook_url,
 )
+from distributor.channels.incoming import IncomingWebhookChannel
 from distributor.exceptions import (
     CredentialsRefusedError,
     PermanentDeliveryError,
     TransientDeliveryError,
 )
-from distributor.models import DeliveryResult, Message, Secret
-from distributor.plugins import PluginOptions
+from distributor.models import DeliveryResult, Message
 from distributor.rendering.length import discord_text
 
 MAX_CONTENT = 2000
@@ -74,18 +66,13 @@ MAX_EMBED_TITLE = 256
 MAX_EMBED_DESCRIPTION = 4096
 
 
-class DiscordChannel(Channel):
+class DiscordChannel(IncomingWebhookChannel):
     """Posts each message to one Discord channel through its incoming webhook."""
 
-    class Options(Channel.Options):
+    class Options(IncomingWebhookChannel.Options):
         webhook_url_env: str = Field(
             description="The environment variable holding the webhook's URL "
             "(https://discord.com/api/webhooks/<id>/<token>): a secret, since it holds the token."
-        )
-        base_url: str | None = Field(
-            default=None,
-            description="Replaces the scheme and host of the webhook's URL (a path in it goes "
-            "before the webhook's path): a proxy or a test server.",
         )
         embed: bool = Field(
             default=True,
@@ -95,34 +82,12 @@ class DiscordChannel(Channel):
             default=10.0, gt=0, description="Seconds to wait for Discord before retrying."
         )
 
-        @field_validator("base_url")
-        @classmethod
-        def _http_address(cls, value: str | None) -> str | None:
-            return None if value is None else base_address(value, spaces=False)
-
     options: Options
     kind: ClassVar[ChannelKind] = "post"
     platform: ClassVar[str] = "discord"
     max_length: ClassVar[int | None] = MAX_CONTENT
     # 30 messages a minute in one channel; a webhook's bucket also holds 5 requests per 2 s.
     limits: ClassVar[RateLimit] = RateLimit(per_second=2, per_minute=30)
-
-    def __init__(
-        self,
-        *,
-        name: str,
-        options: PluginOptions,
-        secrets: Mapping[str, Secret],
-        root: Path,
-    ) -> None:
-        super().__init__(name=name, options=options, secrets=secrets, root=root)
-        self._webhook = required_secret(self, "webhook_url", "webhook URL")
-        self._http = webhook_client(self._webhook, timeout=self.options.timeout, hide=self._hide)
-
-    @property
-    def client(self) -> httpx.Client:
-        """The channel's HTTP client, made on the first send and kept until ``close``."""
-        return self._http.get()
 
     def target(self) -> str:
         """The address each post goes to: the webhook, ``base_url`` applied, ``wait=true``."""
@@ -163,18 +128,6 @@ class DiscordChannel(Channel):
             )
         response, answer = self._http.stream("POST", target, origin=self._origin, json=document)
         return self._outcome(response.status_code, response.headers, answer)
-
-    def confirm(self, message: Message) -> DeliveryResult | None:
-        """None: a webhook can look a message up only by the id a crash lost, so the engine
-        marks the post unknown, for an operator to check."""
-        return None
-
-    def close(self) -> None:
-        self._http.close()
-
-    @property
-    def _origin(self) -> str:
-        return origin(self.options.base_url or self._webhook.reveal().strip())
 
     def _card(self, message: Message, link: str | None) -> dict[str, Any] | None:
         title = message.payload.get("title")
@@ -226,10 +179,6 @@ class DiscordChannel(Channel):
             if document.get("errors"):
                 text += " " + json.dumps(document["errors"], ensure_ascii=False)
         return answered(self._origin, status, self._hide(text))
-
-    def _hide(self, text: str) -> str:
-        """``text`` without the webhook's address or token, should Discord or httpx echo it."""
-        return hide(text, webhook_secrets(self._webhook.reveal()))
 
 
 def _cut(text: str, limit: int) -> str:

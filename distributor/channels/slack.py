@@ -37,34 +37,26 @@ log lines have it masked.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlunsplit
 
 import httpx
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from distributor.channels.base import Channel, ChannelKind, RateLimit
+from distributor.channels.base import ChannelKind, RateLimit
 from distributor.channels.http import (
     answered,
-    base_address,
-    hide,
-    origin,
-    required_secret,
     retry_after_wait,
     web_link,
-    webhook_client,
-    webhook_secrets,
     webhook_url,
 )
+from distributor.channels.incoming import IncomingWebhookChannel
 from distributor.exceptions import (
     CredentialsRefusedError,
     PermanentDeliveryError,
     TransientDeliveryError,
 )
-from distributor.models import DeliveryResult, Message, Secret
-from distributor.plugins import PluginOptions
+from distributor.models import DeliveryResult, Message
 from distributor.rendering.length import slack_escape, slack_mrkdwn
 
 MAX_BLOCK_TEXT = 3000
@@ -73,18 +65,13 @@ MAX_IMAGE_URL = 3000
 NO_ID = "Slack gives webhook posts no id"
 
 
-class SlackChannel(Channel):
+class SlackChannel(IncomingWebhookChannel):
     """Posts each message to one Slack channel through its incoming webhook."""
 
-    class Options(Channel.Options):
+    class Options(IncomingWebhookChannel.Options):
         webhook_url_env: str = Field(
             description="The environment variable holding the incoming webhook's URL "
             "(https://hooks.slack.com/services/...): a secret, since it holds the token."
-        )
-        base_url: str | None = Field(
-            default=None,
-            description="Replaces the scheme and host of the webhook's URL (a path in it goes "
-            "before the webhook's path): a proxy or a test server.",
         )
         image: Literal["thumbnail", "large", "none"] = Field(
             default="thumbnail",
@@ -94,34 +81,12 @@ class SlackChannel(Channel):
             default=10.0, gt=0, description="Seconds to wait for Slack before retrying."
         )
 
-        @field_validator("base_url")
-        @classmethod
-        def _http_address(cls, value: str | None) -> str | None:
-            return None if value is None else base_address(value, spaces=False)
-
     options: Options
     kind: ClassVar[ChannelKind] = "post"
     platform: ClassVar[str] = "slack"
     max_length: ClassVar[int | None] = MAX_BLOCK_TEXT
     # Slack: one message a second per incoming webhook, short bursts allowed.
     limits: ClassVar[RateLimit] = RateLimit(per_second=1)
-
-    def __init__(
-        self,
-        *,
-        name: str,
-        options: PluginOptions,
-        secrets: Mapping[str, Secret],
-        root: Path,
-    ) -> None:
-        super().__init__(name=name, options=options, secrets=secrets, root=root)
-        self._webhook = required_secret(self, "webhook_url", "webhook URL")
-        self._http = webhook_client(self._webhook, timeout=self.options.timeout, hide=self._hide)
-
-    @property
-    def client(self) -> httpx.Client:
-        """The channel's HTTP client, made on the first send and kept until ``close``."""
-        return self._http.get()
 
     def target(self) -> str:
         """The address each post goes to: the webhook, with ``base_url`` applied."""
@@ -175,18 +140,6 @@ class SlackChannel(Channel):
                 return DeliveryResult(detail=f"{NO_ID}; sent without the image Slack refused")
         return self._outcome(status, headers, answer)
 
-    def confirm(self, message: Message) -> DeliveryResult | None:
-        """None: an incoming webhook cannot read its channel, so the engine marks a post whose
-        outcome a crash hid as unknown, for an operator to check."""
-        return None
-
-    def close(self) -> None:
-        self._http.close()
-
-    @property
-    def _origin(self) -> str:
-        return origin(self.options.base_url or self._webhook.reveal().strip())
-
     def _post(self, url: str, document: dict[str, Any]) -> tuple[int, httpx.Headers, str]:
         response, answer = self._http.stream("POST", url, origin=self._origin, json=document)
         return response.status_code, response.headers, answer.decode("utf-8", errors="replace")
@@ -214,10 +167,6 @@ class SlackChannel(Channel):
                 f"webhook URL in {self._webhook.variable} and base_url"
             )
         raise PermanentDeliveryError(said)
-
-    def _hide(self, text: str) -> str:
-        """``text`` without the webhook's address or token, should Slack or httpx echo it."""
-        return hide(text, webhook_secrets(self._webhook.reveal()))
 
 
 def _has_image(document: dict[str, Any]) -> bool:
