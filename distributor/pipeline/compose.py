@@ -7,6 +7,7 @@ import logging
 import os
 import secrets
 import shutil
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -28,6 +29,7 @@ from distributor.models import (
 from distributor.rendering import environment
 from distributor.rendering.context import preview_index, template_context, utm_tags
 from distributor.rendering.email import (
+    DigestMessage,
     RenderedDigest,
     list_id,
     mail_address,
@@ -53,6 +55,10 @@ class Composer:
         # same content (premailer is the slow part). Emptied when a run or resume starts, so a
         # template fixed in the meantime is always read again.
         self._digests: dict[tuple[str, Target, Edition], RenderedDigest] = {}
+        # What the emails of one schedule and channel share (From, List-Id, the Message-ID's
+        # domain), and the Date of the current second: made once, not for each of 100,000.
+        self._mail_headers: dict[tuple[str, str], tuple[Schedule, str, str, str]] = {}
+        self._date: tuple[int, str] = (0, "")
 
     def channel(self, name: str) -> Channel:
         if name not in self._channels:
@@ -173,19 +179,15 @@ class Composer:
     ) -> Message:
         site = self.config.settings.site
         values = self.personal_values(subscriber, key)
-        subject, html, text = digest.personalise(values)
-        domain = site.email_from.rpartition("@")[2] or "localhost"
-        # RFC 2919: the list's id under the site's own domain; the list is the audience of the
-        # target that mails through this channel (one delivery per channel and recipient).
-        list_name = next(
-            (t.audience.list for t in schedule.deliver if t.channel == channel and t.audience),
-            schedule.key,
-        )
+        # The text and HTML parts come encoded too, from bytes made once per digest: to_mime
+        # joins them with the reader's values and makes only the headers.
+        subject, html, text, parts = digest.personalise_email(values)
+        sender, list_header, domain = self._shared_headers(schedule, channel)
         unsubscribe = f"<{values['unsubscribe_url']}>"
         if site.unsubscribe_mailto:
             token = values["unsubscribe_url"].rpartition("/")[2]
             unsubscribe += f", <{unsubscribe_mailto(site.unsubscribe_mailto, token)}>"
-        return Message(
+        return DigestMessage(
             channel=channel,
             recipient=subscriber.email,
             key="digest",
@@ -194,17 +196,48 @@ class Composer:
             text=text,
             html=html,
             headers={
-                "From": mail_address(site.name, site.email_from),
+                "From": sender,
                 "To": mail_address(subscriber.name, subscriber.email),
-                "Date": format_datetime(datetime.now(UTC)),
+                "Date": self._date_now(),
                 "Message-ID": message_id(edition_id, subscriber.email, domain),
-                "List-Id": list_id(
-                    schedule.display_title, list_name, urlsplit(site.url).hostname or domain
-                ),
+                "List-Id": list_header,
                 "List-Unsubscribe": unsubscribe,
                 "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
             },
+            parts=parts,
         )
+
+    def _shared_headers(self, schedule: Schedule, channel: str) -> tuple[str, str, str]:
+        """From, List-Id and the Message-ID's domain of the emails of ``schedule`` through
+        ``channel``."""
+        found = self._mail_headers.get((schedule.key, channel))
+        if found is None or found[0] is not schedule:  # made for another configuration
+            site = self.config.settings.site
+            domain = site.email_from.rpartition("@")[2] or "localhost"
+            # RFC 2919: the list's id under the site's own domain; the list is the audience of
+            # the target that mails through this channel (one delivery per channel and
+            # recipient).
+            list_name = next(
+                (t.audience.list for t in schedule.deliver if t.channel == channel and t.audience),
+                schedule.key,
+            )
+            host = urlsplit(site.url).hostname or domain
+            found = (
+                schedule,
+                mail_address(site.name, site.email_from),
+                list_id(schedule.display_title, list_name, host),
+                domain,
+            )
+            self._mail_headers[(schedule.key, channel)] = found
+        return found[1:]
+
+    def _date_now(self) -> str:
+        """The Date header for now: it counts whole seconds, so it is made once a second."""
+        second = int(time.time())
+        if second != self._date[0]:
+            moment = datetime.fromtimestamp(second, UTC)
+            self._date = (second, format_datetime(moment))
+        return self._date[1]
 
     # --- preview -----------------------------------------------------------------------------
 
