@@ -35,7 +35,8 @@ test: $(STAMP) $(CHROMIUM)
 
 # Benchmarks, one module each in bench/ (see docs/benchmarks.md); each exits non-zero when it
 # misses its target. BENCH_FLAGS goes to every one, e.g. `make bench BENCH_FLAGS="--seed 2"`.
-BENCHES = bench.breaking_news bench.websub_push bench.ingest bench.email_render bench.email_send
+BENCHES = bench.breaking_news bench.websub_push bench.ingest bench.email_render bench.email_send \
+          bench.workers
 bench: $(STAMP)
 	@for module in $(BENCHES); do $(BIN)/python -m $$module $(BENCH_FLAGS) || exit 1; done
 

@@ -28,6 +28,7 @@ from distributor.cli_support import (
     _stop_on_signals,
     _usage,
 )
+from distributor.cli_worker import worker
 from distributor.config import Config
 from distributor.daemon import Daemon, Printer
 from distributor.exceptions import (
@@ -230,7 +231,9 @@ def _print_run(report: RunReport, config: Config, *, articles: bool = True) -> N
     for target in report.targets:
         what = "email(s)" if target.kind == "email" else "post(s)"
         where = f" -> {target.folder}" if target.folder else ""
-        if target.pending and not (target.sent or target.failed):
+        if target.queued and not (target.sent or target.failed):
+            line = f"{target.queued} {what} queued for the delivery workers"
+        elif target.pending and not (target.sent or target.failed):
             line = f"{target.pending} {what} waiting"
         else:
             line = f"{target.sent} {what}"
@@ -608,6 +611,7 @@ def db_upgrade(state: State) -> None:
 
 cli.add_command(subscribers)
 cli.add_command(bounces)
+cli.add_command(worker)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -84,7 +84,7 @@ class StoreCollector(Collector):
         )
         queue = GaugeMetricFamily(
             "distributor_queue_depth",
-            "Deliveries waiting to be sent (pending), by channel.",
+            "Deliveries waiting to be sent (pending, or queued for delivery workers), by channel.",
             labels=["channel"],
         )
         depth: dict[str, int] = {}
@@ -103,7 +103,7 @@ class StoreCollector(Collector):
         with self.store.engine.connect() as conn:
             for channel, status, count in conn.execute(query):
                 by_status.add_metric([channel, status], int(count))
-                if status == "pending":
+                if status in ("pending", "queued"):
                     depth[channel] = depth.get(channel, 0) + int(count)
             spans = [
                 max((updated - created).total_seconds(), 0.0)

@@ -141,9 +141,12 @@ class DeliveryStatus(StrEnum):
     """A delivery's life: pending -> sending -> sent | failed | unknown; or pending -> skipped
     (nothing left to send it to); dry-run records what a dry run would have sent. An email
     goes pending -> claimed -> sending: claimed with others in one batch by one process
-    (:mod:`distributor.delivery.batch`), not yet handed to the channel."""
+    (:mod:`distributor.delivery.batch`), not yet handed to the channel. With delivery workers
+    it is first pending -> queued: in a job on the queue (:mod:`distributor.delivery.queue`),
+    which a worker claims."""
 
     PENDING = "pending"
+    QUEUED = "queued"
     CLAIMED = "claimed"
     SENDING = "sending"
     SENT = "sent"

@@ -38,6 +38,8 @@ class TargetReport:
     channel_held: str | None = None
     """Why nothing more goes to this channel until an operator releases it (the platform
     refused the credentials); what was not sent waits in the outbox."""
+    queued: int = 0
+    """Put in jobs for delivery workers (``delivery.mode: workers``)."""
 
 
 @dataclass(kw_only=True)

@@ -21,6 +21,7 @@ from distributor.config.loading import (
 )
 from distributor.config.models import (
     Audience,
+    DeliverySettings,
     Duration,
     PluginConfig,
     Schedule,
@@ -44,6 +45,7 @@ __all__ = [
     "DEFAULT_CONFIG",
     "Audience",
     "Config",
+    "DeliverySettings",
     "Duration",
     "PluginConfig",
     "PluginSpec",

@@ -265,6 +265,30 @@ class BounceSettings(_Model):
     )
 
 
+class DeliverySettings(_Model):
+    """Who sends the email: the process that runs the schedule, or delivery workers."""
+
+    mode: Literal["embedded", "workers"] = Field(
+        default="embedded",
+        description="embedded: the process that runs a schedule sends its emails. workers: it "
+        "queues them in batches on Procrastinate for `distributor worker` processes "
+        "(PostgreSQL only). Posts are always sent by the scheduler.",
+    )
+    batch_size: int = Field(
+        default=500, ge=1, le=10000, description="Emails in one worker job (workers mode)."
+    )
+    queue: str = Field(
+        default="distributor",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="The Procrastinate queue the jobs go to (workers mode).",
+    )
+    stalled_after: Duration = Field(
+        default=timedelta(seconds=30),
+        description="A worker silent this long (no heartbeat) is taken for dead: its job is "
+        "given to another worker (workers mode).",
+    )
+
+
 class Settings(_Model):
     """distributor.yaml: the site, where articles come from and where editions go."""
 
@@ -287,6 +311,7 @@ class Settings(_Model):
     )
     web: WebSettings = Field(default_factory=WebSettings)
     bounces: BounceSettings = Field(default_factory=BounceSettings)
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     templates_dir: str = "templates"
     schedules_dir: str = "schedules"
     outputs_dir: str = Field(default="var", description="Where previews and local files go.")
@@ -298,6 +323,15 @@ class Settings(_Model):
             known = ", ".join(self.channels) or "none"
             raise ValueError(
                 f"web.confirmation_channel names no channel: {name!r} (known: {known})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _workers_need_postgresql(self) -> Settings:
+        if self.delivery.mode == "workers" and not self.database.startswith("postgres"):
+            raise ValueError(
+                "delivery.mode: workers needs a PostgreSQL database (the job queue lives there); "
+                f"database is {self.database.split(':', 1)[0]}:..."
             )
         return self
 

@@ -82,14 +82,21 @@ def _confirm(channel: Channel | None, message: Message) -> DeliveryResult | None
         return None
 
 
+IN_HAND = (
+    DeliveryStatus.PENDING,
+    DeliveryStatus.QUEUED,
+    DeliveryStatus.CLAIMED,
+    DeliveryStatus.SENDING,
+)
+"""Statuses of a delivery that is not settled yet."""
+
+
 def edition_outcome(counts: Mapping[str, int]) -> tuple[str, str | None] | None:
     """The final state of an edition from how many of its deliveries are in each status.
 
     None while some are still pending or being sent.
     """
-    if any(counts.get(s, 0) for s in (DeliveryStatus.PENDING, DeliveryStatus.CLAIMED)) or (
-        counts.get(DeliveryStatus.SENDING, 0)
-    ):
+    if any(counts.get(s, 0) for s in IN_HAND):
         return None
     sent = counts.get(DeliveryStatus.SENT, 0) + counts.get(DeliveryStatus.DRY_RUN, 0)
     failed = counts.get(DeliveryStatus.FAILED, 0)
@@ -187,6 +194,9 @@ class Outbox:
         self.backoff = backoff
         self.max_inline_wait = max_inline_wait
         self.clock = clock
+        self.dispatch: Callable[[int, str], int] | None = None
+        """With delivery workers: queue an edition's due emails on a channel in jobs, and say
+        how many (:class:`distributor.delivery.queue.Dispatcher`); None: send them here."""
 
     # --- what may go out ----------------------------------------------------------------------
 
@@ -336,6 +346,18 @@ class Outbox:
                     TargetReport(channel=plan.channel.name, kind=plan.channel.message_kind),
                 )
                 if not mine:
+                    continue
+                if (
+                    self.dispatch is not None
+                    and plan.channel.message_kind == "email"
+                    and not dry_run
+                ):
+                    # Delivery workers send the email: the due rows go in jobs on the queue.
+                    if hold := self.store.channel_hold(plan.channel.name):
+                        target.channel_held = hold.describe
+                        target.pending += len(mine)
+                    else:
+                        target.queued += self.dispatch(edition_id, plan.channel.name)
                     continue
                 try:
                     self.deliver(

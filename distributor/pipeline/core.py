@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Container, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Container, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import httpx
 
@@ -18,6 +19,7 @@ from distributor.config import (
     format_duration,
 )
 from distributor.delivery import Outbox, Plan
+from distributor.delivery.queue import Dispatcher
 from distributor.exceptions import (
     TemplateError,
 )
@@ -61,8 +63,19 @@ class Core(Ingest, Composer):
         self.stopping = stopping or threading.Event()
         """Set (by SIGTERM, Ctrl-C) to stop sending at the next message; the rest waits."""
         self.outbox = Outbox(store, kind_of=self._kind, stopping=self.stopping)
+        self._dispatcher: Dispatcher | None = None
+        if config.settings.delivery.mode == "workers":
+            # Email goes to delivery workers in jobs; posts are still sent here.
+            self._dispatcher = Dispatcher(
+                store,
+                config.settings.delivery,
+                store.engine.url.render_as_string(hide_password=False),
+            )
+            self.outbox.dispatch = self._dispatcher
 
     def close(self) -> None:
+        if self._dispatcher is not None:
+            self._dispatcher.close()
         for channel in self._channels.values():
             channel.close()
         if self._client is not None:
@@ -286,13 +299,15 @@ class Core(Ingest, Composer):
         *,
         wanted: Container[tuple[str, str, str]] | None = None,
         queue: list[Callable[[], object]] | None = None,
+        recipients: Collection[str] | None = None,
     ) -> Plan:
         """Render what the target needs and write its outbox rows; the messages come later.
 
         With ``queue``, the writing of the rows is appended to it instead of done, so that the
         caller can render every target before it queues any delivery. With ``wanted``
         (channel, recipient, message key), write nothing and render only what those
-        deliveries need: the edition's outbox exists already.
+        deliveries need: the edition's outbox exists already. With ``recipients`` (and
+        ``wanted``), read only those subscribers: a delivery worker's batch.
         """
         defer: Callable[[Callable[[], object]], object] = (
             queue.append if queue is not None else lambda write: write()
@@ -348,7 +363,10 @@ class Core(Ingest, Composer):
 
         # Every variant is rendered before anything is queued or sent, so a broken one sends
         # nothing.
-        for subscriber in self.store.audience(audience, frequency=frequency, zones=zones):
+        readers = partial(
+            self.store.audience, audience, frequency=frequency, zones=zones, emails=recipients
+        )
+        for subscriber in readers():
             if wanted is None or (channel.name, subscriber.email, "digest") in wanted:
                 variant(subscriber)
 
@@ -375,7 +393,7 @@ class Core(Ingest, Composer):
         key = self.secret_key()
 
         def messages(keys: Container[tuple[str, str]]) -> Iterator[Message]:
-            for subscriber in self.store.audience(audience, frequency=frequency, zones=zones):
+            for subscriber in readers():
                 if (subscriber.email, "digest") not in keys:
                     continue
                 digest = variant(subscriber)

@@ -10,6 +10,7 @@ from distributor.store.bounces import BounceQueries
 from distributor.store.content import ContentQueries
 from distributor.store.deliveries import DeliveryQueries
 from distributor.store.editions import EditionQueries
+from distributor.store.queue import QueueQueries
 from distributor.store.rows import ALL_SCHEDULES, CHANNEL_SCOPE, DeliveryRow, EditionRow, HoldRow
 from distributor.store.subscriptions import SubscriberEvent, SubscriptionQueries
 from distributor.store.websub import WebSubQueries
@@ -29,6 +30,7 @@ class Store(
     ContentQueries,
     EditionQueries,
     DeliveryQueries,
+    QueueQueries,
     AudienceQueries,
     SubscriptionQueries,
     BounceQueries,

@@ -167,13 +167,16 @@ class AudienceQueries(StoreBase):
         *,
         frequency: str | None = None,
         zones: Collection[str | None] | None = None,
+        emails: Collection[str] | None = None,
         batch: int = 1000,
     ) -> Iterator[Subscriber]:
         """The ``active`` subscribers of ``list_name`` (of those, with ``frequency`` only, when
-        given; in one of ``zones`` only, when given, None standing for no timezone), streamed
-        in id order in batches: never all in memory."""
-        if zones is not None and not zones:
+        given; in one of ``zones`` only, when given, None standing for no timezone; with one of
+        ``emails`` only, when given: a delivery worker's batch), streamed in id order in
+        batches: never all in memory."""
+        if (zones is not None and not zones) or (emails is not None and not emails):
             return
+        wanted = sorted(set(emails)) if emails is not None else None
         last_id = 0
         while True:
             query = (
@@ -189,6 +192,8 @@ class AudienceQueries(StoreBase):
             )
             if frequency is not None:
                 query = query.where(subscribers.c.frequency == frequency)
+            if wanted is not None:
+                query = query.where(subscribers.c.email.in_(wanted))
             if zones is not None:
                 named = [z for z in zones if z is not None]
                 where = subscribers.c.timezone.in_(named)

@@ -444,12 +444,16 @@ class DeliveryQueries(StoreBase):
         (``host:pid:token``), in one statement: those of ``ids``, else the next ``limit`` by
         id. Only rows that are pending and due (``next_attempt_at``) are taken, so a row that
         another process holds, or that waits for a retry, is never taken twice. Returns the
-        ids taken, ascending."""
+        ids taken, ascending. Rows named by ``ids`` are taken ``queued`` too: a worker claims
+        the rows of its job (:mod:`distributor.delivery.queue`)."""
         now = now or _now()
+        takeable = [DeliveryStatus.PENDING.value]
+        if ids is not None:
+            takeable.append(DeliveryStatus.QUEUED.value)
         due = [
             deliveries.c.edition_id == edition_id,
             deliveries.c.channel == channel,
-            deliveries.c.status == DeliveryStatus.PENDING.value,
+            deliveries.c.status.in_(takeable),
             or_(deliveries.c.next_attempt_at.is_(None), deliveries.c.next_attempt_at <= now),
         ]
         if ids is not None:

@@ -21,9 +21,11 @@ from sqlalchemy import (
     Column,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -255,3 +257,15 @@ websub_subscriptions = Table(
     Column("last_error", Text),
     Column("updated_at", UTCDateTime, nullable=False),
 )
+
+channel_rates = Table(
+    "channel_rates",
+    metadata,
+    Column("channel", String(200), primary_key=True),
+    # The send times (float seconds, packed little-endian doubles) of the channel's latest
+    # messages, as many as its longest window allows: shared by every delivery worker.
+    Column("sent", LargeBinary, nullable=False),
+    Column("paused_until", Float, nullable=False, default=0.0, server_default="0"),
+    Column("pause_reason", Text),
+)
+"""A channel's rate limit as delivery workers share it (see delivery/shared_limits.py)."""

@@ -53,6 +53,7 @@ def describe(report: RunReport) -> str:
         bits = [f"{target.sent} sent"]
         bits += [f"{target.failed} failed"] if target.failed else []
         bits += [f"{target.pending} waiting"] if target.pending else []
+        bits += [f"{target.queued} queued for the workers"] if target.queued else []
         counts.append(f"{target.channel}: {', '.join(bits)}")
     number = f"edition {report.edition_id}" if report.edition_id else "edition"
     reason = f" ({report.reason})" if report.reason else ""
