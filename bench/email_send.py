@@ -16,7 +16,8 @@ same 100,000 rows.
 Measured: **delivery throughput**, messages the store records ``sent`` divided by the span from
 the first to the last ``sent_at``; the whole run (first command started to last one ended);
 each process's peak RSS (``ru_maxrss``, written by the command itself as it exits) and CPU;
-the sink's CPU; and whether the sink received exactly ``--readers`` messages (``smtp-sink -c``
+the sink's CPU; the load average (1 minute) before and after, since other work on the machine
+moves the figure; and whether the sink received exactly ``--readers`` messages (``smtp-sink -c``
 counts them). Exit 0 when throughput is at least ``--target`` (2,000/s), every reader was sent
 exactly one message and no process passed ``--max-rss-mib`` (200); 1 otherwise; 2 when the
 benchmark cannot run (no smtp-sink: it says how to get one).
@@ -222,7 +223,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if sink is None:
         print(f"bench: cannot run: {NO_SINK}", file=sys.stderr)
         return 2
+    load_before = os.getloadavg()[0]  # the machine is shared: what else ran shows here
     results = run(args.readers, args.processes, sink)
+    results["load_average"] = [load_before, os.getloadavg()[0]]
     peaks = [p["maxrss_mib"] for p in results["per_process"] if p]
     results["target"] = args.target
     results["max_rss_mib"] = args.max_rss_mib
@@ -243,7 +246,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"({results['delivery_span_s']:.1f} s; the whole run {results['wall_s']:.1f} s, "
         f"outbox written after {results.get('outbox_written_s', 0):.1f} s); peak RSS "
         f"{', '.join(f'{p:.0f}' for p in peaks)} MiB; CPU {cpu}, sink "
-        f"{results['sink_cpu_s'] or 0:.0f} s; target {args.target:g}/s under "
+        f"{results['sink_cpu_s'] or 0:.0f} s; load average {load_before:.1f} before, "
+        f"{results['load_average'][1]:.1f} after; target {args.target:g}/s under "
         f"{args.max_rss_mib:g} MiB: {'met' if results['met'] else 'MISSED'}"
     )
     if not results["met"] or any(results["exit_codes"]):

@@ -71,6 +71,19 @@ class MailServer:
 
     # aiosmtpd hooks
 
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        """Offer PIPELINING, as Postfix does: the channel then sends MAIL, RCPT and DATA in one
+        write (aiosmtpd reads them one by one), so the faults meet the way production sends."""
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:

@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -28,10 +29,12 @@ from distributor.delivery import Outbox
 from distributor.delivery.batch import Pace, claim_size, release_left_claims, send_batch
 from distributor.delivery.claims import claimant
 from distributor.delivery.limits import Limiter
+from distributor.delivery.outbox import Pending
 from distributor.exceptions import TransientDeliveryError
 from distributor.models import DeliveryStatus, Message
 from distributor.reports import TargetReport
 from distributor.store import Store
+from distributor.store.deliveries import DeliveryOutcome
 from distributor.store.tables import deliveries
 
 FIRE = datetime(2026, 11, 21, 0, 0, tzinfo=UTC)
@@ -254,6 +257,88 @@ def test_commits_that_skip_the_disk_sync_leave_the_setting_as_it_was(
             select(func.count()).where(deliveries.c.status == DeliveryStatus.SENDING.value)
         ).scalar_one()
     assert sending == 1
+
+
+def test_a_batch_waits_out_another_process_writing_to_sqlite(tmp_path: Path) -> None:
+    """SQLite refuses the batch's write at once while another connection holds the lock; the
+    step is tried again in short pauses until it goes through, and the connection waits as it
+    did before once the batch is over."""
+    path = tmp_path / "db" / "store.db"
+    store = Store.open(f"sqlite:///{path}", migrate_now=True)
+    try:
+        edition_id = edition_of(store, 2)
+        ids = sorted(d.id for d in store.deliveries_of(edition_id))
+        store.claim_deliveries(edition_id, CHANNEL, claimant="me", ids=ids)
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another process writing
+        outcome: list[object] = []
+
+        def batch() -> None:
+            with store.batch_connection() as conn:
+                # SQLite would not wait at all: the step's own pauses do the waiting.
+                outcome.append(conn.exec_driver_sql("PRAGMA busy_timeout").scalar())
+                conn.commit()
+                outcome.append(store.batch_step(claimant="me", start=ids[0], conn=conn))
+
+        began = time.monotonic()
+        step = threading.Thread(target=batch)
+        step.start()
+        time.sleep(0.3)
+        assert step.is_alive() and outcome == [0]  # waiting, not failed
+        other.execute("COMMIT")
+        step.join(timeout=10)
+        assert outcome == [0, True]
+        assert time.monotonic() - began >= 0.3
+        assert statuses(store, edition_id) == {"sending": 1, "claimed": 1}
+        with store.engine.connect() as conn:  # the pool's connection, as the engine made it
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 10000
+        other.close()
+    finally:
+        store.close()
+
+
+def test_the_pending_map_reads_as_recipient_and_key_to_id_and_failures() -> None:
+    pending = Pending()
+    pending.add("a@example.org", "digest", 7, 0)
+    pending.add("b@example.org", "digest", 8, 2)
+    pending.add("a@example.org", "other", 9, 0)
+    assert len(pending) == 3
+    assert pending[("b@example.org", "digest")] == (8, 2)
+    assert pending.get(("a@example.org", "other")) == (9, 0)
+    assert pending.get(("c@example.org", "digest")) is None
+    assert pending.get(("a@example.org", "nothing"), (0, 0)) == (0, 0)
+    with pytest.raises(KeyError):
+        pending[("c@example.org", "digest")]
+    assert ("a@example.org", "digest") in pending
+    assert "a@example.org" not in pending and ("a@example.org",) not in pending
+    assert sorted(pending) == [
+        ("a@example.org", "digest"),
+        ("a@example.org", "other"),
+        ("b@example.org", "digest"),
+    ]
+    assert sorted(pending.values()) == [(7, 0), (8, 2), (9, 0)]
+    assert sorted(pending.ids()) == [7, 8, 9]
+    pending.add("b@example.org", "digest", 8, 0)  # the same row, read again
+    assert len(pending) == 3
+    assert pending[("b@example.org", "digest")] == (8, 0)
+
+
+def test_the_outbox_keeps_an_editions_pending_rows_compact(store: Store) -> None:
+    edition_id = edition_of(store, 5)
+    first = min(d.id for d in store.deliveries_of(edition_id))
+    store.claim_deliveries(edition_id, CHANNEL, claimant="me", ids=[first])
+    store.batch_step(claimant="me", start=first)
+    store.batch_step(
+        claimant="me",
+        record=DeliveryOutcome(
+            delivery_id=first, status=DeliveryStatus.PENDING, failure=True, error="busy"
+        ),
+    )
+    (rows,) = Outbox(store, kind_of=lambda name: "email").pending(edition_id).values()
+    assert isinstance(rows, Pending)
+    assert len(rows) == 5
+    assert rows[(readers(5)[0], "digest")] == (first, 1)
+    assert rows[(readers(5)[4], "digest")] == (first + 4, 0)
 
 
 def test_a_passing_failure_waits_and_a_permanent_one_is_kept(store: Store) -> None:

@@ -51,6 +51,8 @@ class Server:
         self.drop_next_data = False
         self.delay = 0.0
         self.queue_ids = True
+        self.pipelining = False
+        """Offer PIPELINING (RFC 2920): the channel then sends MAIL, RCPT and DATA at once."""
 
     # aiosmtpd hooks
 
@@ -68,6 +70,8 @@ class Server:
                 self.greeted.append(session)
                 self.active.add(id(session))
                 self.most_active = max(self.most_active, len(self.active))
+        if self.pipelining:  # aiosmtpd reads pipelined commands one by one, in order
+            return [*responses[:-1], "250-PIPELINING", responses[-1]]
         return responses
 
     async def handle_MAIL(
@@ -153,12 +157,15 @@ def free_port() -> int:
 Start = Any  # (**controller keyword arguments) -> Server, with the server's port in .port
 
 
-@pytest.fixture
-def start() -> Iterator[Any]:
+@pytest.fixture(params=["lockstep", "pipelining"])
+def start(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Starts test servers; every test runs against a server that offers PIPELINING and one
+    that does not (the channel's two ways of sending the commands)."""
     controllers: list[Controller] = []
 
     def start(handler: Server | None = None, **kwargs: Any) -> Server:
         handler = handler or Server()
+        handler.pipelining = request.param == "pipelining"
         controller = CountingController(
             handler, hostname="127.0.0.1", port=free_port(), server_hostname="mx.test", **kwargs
         )
@@ -246,6 +253,114 @@ def test_one_message_per_recipient_with_headers_intact(start: Any, channel: Any)
     assert first["To"] == "r1@example.org"
     assert first["List-Unsubscribe"] == UNSUBSCRIBE
     assert "BODY=8BITMIME" in server.delivered[0][1].mail_options
+
+
+def test_lines_starting_with_a_dot_arrive_as_written(start: Any, channel: Any) -> None:
+    server = start()
+    base = message()
+    text = ".starts with a dot\n..two of them\n.\nand a line with only a dot above\n"
+    dotted = Message(
+        channel=base.channel,
+        recipient=base.recipient,
+        key=base.key,
+        subject=base.subject,
+        text=text,
+        html=None,
+        headers=base.headers,
+    )
+    channel(server).send(dotted)
+    (received,) = server.messages()
+    assert received.get_content().replace("\r\n", "\n") == text
+
+
+class ScriptedServer:
+    """One connection, answered by hand: shows what the channel writes, and when."""
+
+    def __init__(self, replies: list[bytes]) -> None:
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(1)
+        self.port: int = self.listener.getsockname()[1]
+        self.replies = replies
+        """The replies to MAIL, RCPT and DATA, sent only once all three commands arrived."""
+        self.commands = b""
+        self.after = b""
+        """What arrived after those replies, up to the end of the message or of the
+        connection."""
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn:
+            conn.settimeout(5)
+            conn.sendall(b"220 scripted\r\n")
+            assert conn.recv(1000).upper().startswith(b"EHLO")
+            conn.sendall(b"250-scripted\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+            while self.commands.count(b"\r\n") < 3:  # no reply before all three are in
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                self.commands += chunk
+            conn.sendall(b"".join(self.replies))
+            while not self.after.endswith(b"\r\n.\r\n"):
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                self.after += chunk
+            conn.sendall(b"250 2.0.0 Ok: queued as S1\r\n")
+            conn.recv(1000)  # QUIT, or the end
+
+    def close(self) -> None:
+        self.thread.join(timeout=5)
+        self.listener.close()
+
+
+def test_with_pipelining_the_commands_go_in_one_write(channel: Any) -> None:
+    server = ScriptedServer([b"250 2.1.0 Ok\r\n", b"250 2.1.5 Ok\r\n", b"354 go ahead\r\n"])
+    mail = channel(server.port)
+    result = mail.send(message())
+    mail.close()
+    server.close()
+    # The server answered nothing until MAIL, RCPT and DATA were all in: sent at once.
+    assert server.commands.startswith(b"MAIL FROM:<news@daily.example>")
+    assert server.commands.endswith(b"RCPT TO:<reader@example.org>\r\nDATA\r\n")
+    assert result.remote_id == "S1"
+    assert b"Message-ID: <m1@daily.example>" in server.after
+
+
+@pytest.mark.parametrize(
+    ("replies", "error", "reason"),
+    [
+        # RFC 2920 asks a server to refuse DATA when it refused every recipient; one that
+        # takes it anyway still gets no message: the transaction is never ended with a dot.
+        (
+            [b"250 Ok\r\n", b"550 5.1.1 No such user\r\n", b"354 go ahead\r\n"],
+            PermanentDeliveryError,
+            "refused the recipient: 550",
+        ),
+        (
+            [b"451 4.3.0 Try later\r\n", b"503 need MAIL\r\n", b"354 go ahead\r\n"],
+            TransientDeliveryError,
+            "answered 451",
+        ),
+        (
+            [b"250 Ok\r\n", b"250 Ok\r\n", b"554 5.5.1 No valid recipients\r\n"],
+            PermanentDeliveryError,
+            "answered 554",
+        ),
+    ],
+)
+def test_with_pipelining_a_refusal_sends_no_message(
+    channel: Any, replies: list[bytes], error: type[Exception], reason: str
+) -> None:
+    server = ScriptedServer(replies)
+    mail = channel(server.port)
+    with pytest.raises(error, match=reason):
+        mail.send(message())
+    mail.close()
+    server.close()
+    assert server.after == b""  # the connection was closed with no message and no dot
 
 
 def test_message_id_when_the_server_shows_no_queue_id(start: Any, channel: Any) -> None:
