@@ -263,6 +263,18 @@ class Outbox:
         """With delivery workers: queue an edition's due emails on a channel in jobs, and say
         how many (:class:`distributor.delivery.queue.Dispatcher`); None: send them here."""
 
+    def pace(self) -> Pace:
+        """How this outbox paces a batch (:func:`~distributor.delivery.batch.send_batch`): the
+        embedded mode and delivery workers alike."""
+        return Pace(
+            stopping=self.stopping,
+            clock=self.clock,
+            backoff=self.backoff,
+            max_failures=self.max_failures,
+            max_inline_wait=self.max_inline_wait,
+            hold_every=HOLD_CHECK_EVERY,
+        )
+
     # --- what may go out ----------------------------------------------------------------------
 
     def gate(self, schedule: Schedule, edition_id: int) -> str | None:
@@ -609,14 +621,7 @@ class Outbox:
                 messages,
                 pending=pending,
                 limiter=limiter,
-                pace=Pace(
-                    stopping=self.stopping,
-                    clock=self.clock,
-                    backoff=self.backoff,
-                    max_failures=self.max_failures,
-                    max_inline_wait=self.max_inline_wait,
-                    hold_every=HOLD_CHECK_EVERY,
-                ),
+                pace=self.pace(),
                 report=report,
                 held=held,
                 stale=stale,

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.engine import make_url
 
 from distributor.config import DeliverySettings
-from distributor.delivery.batch import Pace, send_batch
+from distributor.delivery.batch import send_batch
 from distributor.delivery.claims import claimant
 from distributor.delivery.outbox import edition_outcome
 from distributor.delivery.shared_limits import shared_limiter
@@ -275,13 +275,7 @@ class WorkerContext:
                 plan.messages(pending),
                 pending=pending,
                 limiter=shared_limiter(store, channel, plan.channel.rate_limit),
-                pace=Pace(
-                    stopping=outbox.stopping,
-                    clock=outbox.clock,
-                    backoff=outbox.backoff,
-                    max_failures=outbox.max_failures,
-                    max_inline_wait=outbox.max_inline_wait,
-                ),
+                pace=outbox.pace(),
                 report=summary.report,
                 held=lambda: outbox.gate(schedule, edition_id),
             )
