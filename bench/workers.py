@@ -65,6 +65,31 @@ def child(args: Sequence[str], usage: Path, log: Path, folder: Path) -> subproce
         )
 
 
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+    fields = [float(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    ticks = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields) - idle) / ticks, sum(fields) / ticks
+
+
+def postgres_cpu() -> dict[int, float]:
+    """CPU seconds of each PostgreSQL process now (the server and its backends), by pid."""
+    out: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() != "postgres":
+                continue
+        except OSError:
+            continue
+        seconds = cpu_seconds(int(entry.name))
+        if seconds is not None:
+            out[int(entry.name)] = seconds
+    return out
+
+
 def sent_count(store: Store) -> int:
     query = select(func.count()).where(deliveries.c.status == "sent")
     with store.engine.connect() as conn:
@@ -115,6 +140,7 @@ def one_run(readers: int, workers: int, sink_path: str, batch_size: int) -> dict
                     for n in range(workers)
                 ]
                 time.sleep(3)  # the workers connect and wait on the queue
+                pg_before, busy_before = postgres_cpu(), machine_busy()
                 began = time.monotonic()
                 scheduler = child(
                     [*base, "run-once", SCHEDULE, "--at", DAILY_AT.isoformat(), "--no-ingest"],
@@ -130,6 +156,13 @@ def one_run(readers: int, workers: int, sink_path: str, batch_size: int) -> dict
                         break
                     time.sleep(0.5)
                 result["until_last_sent_s"] = time.monotonic() - began
+                # Before the workers stop: a backend's CPU goes when its connection closes.
+                pg_after, busy_after = postgres_cpu(), machine_busy()
+                result["postgres_cpu_s"] = sum(
+                    max(cpu - pg_before.get(pid, 0.0), 0.0) for pid, cpu in pg_after.items()
+                )
+                busy = busy_after[0] - busy_before[0]
+                result["machine_busy"] = busy / max(busy_after[1] - busy_before[1], 1e-9)
                 for proc in procs:
                     proc.send_signal(signal.SIGTERM)
                 result["exit_codes"] = [proc.wait(timeout=60) for proc in procs]
@@ -195,7 +228,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"({run['delivery_span_s']:.1f} s first to last send; scheduler "
             f"{run['scheduler_s']:.1f} s); worker CPU {', '.join(f'{c:.0f}' for c in cpu)} s, "
             f"peak RSS {', '.join(f'{p:.0f}' for p in peaks)} MiB; sink CPU "
-            f"{run['sink_cpu_s'] or 0:.0f} s; exactly once: {run['exactly_once']}",
+            f"{run['sink_cpu_s'] or 0:.0f} s, PostgreSQL CPU {run['postgres_cpu_s']:.0f} s; "
+            f"machine busy {run['machine_busy']:.0%} from the scheduler's start to the last "
+            f"send; exactly once: {run['exactly_once']}",
             flush=True,
         )
         if not run["exactly_once"]:

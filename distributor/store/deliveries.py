@@ -517,6 +517,18 @@ class DeliveryQueries(StoreBase):
         commits do not wait for the disk unless asked to (SQLite in WAL mode), and that waits
         for another process's write in short steps (SQLite); as it was when the run ends."""
         with self.engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                # Each step one statement committed on its own, without waiting for the disk
+                # (see _batch_statement); the pool resets the isolation level on return.
+                conn.execution_options(isolation_level="AUTOCOMMIT")
+                conn.exec_driver_sql("SET synchronous_commit TO off")
+                conn.info[_ONE_STATEMENT] = True
+                try:
+                    yield conn
+                finally:
+                    del conn.info[_ONE_STATEMENT]
+                    conn.exec_driver_sql("RESET synchronous_commit")
+                return
             lighter = _lighter_commits(conn, True)
             quick = _quick_busy_waits(conn, True)
             try:
@@ -593,6 +605,8 @@ class DeliveryQueries(StoreBase):
     ) -> bool:
         now = _now()
         taken = True
+        if conn.info.get(_ONE_STATEMENT):
+            return self._batch_statement(conn, claimant, record, start, durable, now)
         with conn.begin():
             if not durable and conn.dialect.name == "postgresql":
                 conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
@@ -602,6 +616,36 @@ class DeliveryQueries(StoreBase):
             if start is not None:
                 taken = bool(_run(conn, _START, {"b_id": start, "b_me": claimant, "b_now": now}))
         return taken
+
+    def _batch_statement(
+        self,
+        conn: Connection,
+        claimant: str,
+        record: DeliveryOutcome | None,
+        start: int | None,
+        durable: bool,
+        now: datetime,
+    ) -> bool:
+        """PostgreSQL on a :meth:`batch_connection`: the step as one statement committed on
+        its own (the connection is in autocommit, ``synchronous_commit`` off), so a message
+        costs one round trip instead of five; a durable step turns the wait for the disk on
+        around its statement."""
+        if durable:
+            conn.exec_driver_sql("SET synchronous_commit TO on")
+        try:
+            if record is not None and start is not None:
+                statement, params = _recording(record.values(now), row="r_id")
+                params.update(r_id=record.delivery_id, b_id=start, b_me=claimant, b_now=now)
+                return bool(_run(conn, _record_and_start(statement), params))
+            if record is not None:
+                statement, params = _recording(record.values(now))
+                _run(conn, statement, {**params, "b_id": record.delivery_id, "b_me": claimant})
+            if start is not None:
+                return bool(_run(conn, _START, {"b_id": start, "b_me": claimant, "b_now": now}))
+            return True
+        finally:
+            if durable:
+                conn.exec_driver_sql("SET synchronous_commit TO off")
 
 
 def _claimed_by(claimant: str | None) -> ColumnElement[bool]:
@@ -652,6 +696,7 @@ class DeliveryOutcome:
 
 
 _LIGHTER = "distributor_lighter_commits"
+_ONE_STATEMENT = "distributor_one_statement_steps"
 
 
 def _lighter_commits(conn: Connection, on: bool) -> bool:
@@ -728,18 +773,19 @@ _START = (
         updated_at=bindparam("b_now", type_=deliveries.c.updated_at.type),
     )
 )
-_RECORDINGS: dict[tuple[tuple[str, bool], ...], Any] = {}
+_RECORDINGS: dict[tuple[Any, ...], Any] = {}
 
 
-def _recording(values: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+def _recording(values: dict[str, Any], *, row: str = "b_id") -> tuple[Any, dict[str, Any]]:
     """The UPDATE that records ``values`` (column -> value or SQL expression) on a row this
-    claimant holds in ``sending``, and its parameters."""
+    claimant holds in ``sending`` (its id the parameter ``row``), and its parameters."""
     shape = tuple(sorted((name, isinstance(v, ColumnElement)) for name, v in values.items()))
-    if shape not in _RECORDINGS:
-        _RECORDINGS[shape] = (
+    key = (row, *shape)
+    if key not in _RECORDINGS:
+        _RECORDINGS[key] = (
             update(deliveries)
             .where(
-                deliveries.c.id == bindparam("b_id"),
+                deliveries.c.id == bindparam(row),
                 deliveries.c.status == DeliveryStatus.SENDING.value,
                 deliveries.c.claimed_by == bindparam("b_me"),
             )
@@ -753,7 +799,19 @@ def _recording(values: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
             )
         )
     params = {f"v_{n}": v for n, v in values.items() if not isinstance(v, ColumnElement)}
-    return _RECORDINGS[shape], params
+    return _RECORDINGS[key], params
+
+
+_RECORD_AND_START: dict[Any, Any] = {}
+
+
+def _record_and_start(recording: Any) -> Any:
+    """``recording`` (its row's id ``r_id``) and :data:`_START` as one statement (PostgreSQL: a
+    data-modifying WITH runs once, whether or not the main statement reads it): one round
+    trip and one commit a message."""
+    if recording not in _RECORD_AND_START:
+        _RECORD_AND_START[recording] = _START.add_cte(recording.cte("recorded"))
+    return _RECORD_AND_START[recording]
 
 
 @dataclass(frozen=True)
