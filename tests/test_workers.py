@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -403,3 +404,40 @@ def test_a_passing_failure_is_queued_again_when_due_and_sent(
     assert max(server.per_recipient().values()) == 1
     assert set(server.per_recipient()) >= unlucky
     assert statuses(postgres_url) == {"sent": 40}
+
+
+def test_a_daily_cap_leaves_the_rest_waiting_not_requeued(
+    tmp_path: Path, sample_site: SampleSite, postgres_url: str
+) -> None:
+    with smtp_server() as server:
+        config = workers_project(
+            tmp_path,
+            sample_site,
+            server,
+            postgres_url,
+            readers=12,
+            rate_limit={"per_day": 5},
+        )
+        with workers(config, 2):
+            run_scheduler(config)
+            wait_for(
+                lambda: statuses(postgres_url) == {"sent": 5, "pending": 7},
+                timeout=60,
+                what="5 sent under the cap, 7 waiting",
+            )
+        env = {"DISTRIBUTOR_SECRET_KEY": SECRET_KEY}
+        pipeline = Pipeline(load_config(config, env), Store.open(postgres_url), env=env)
+        try:
+            waiting = pipeline.store.deliveries(status="pending", limit=None)
+            # They wait for the cap's window (a day), not for the scheduler's next look.
+            assert all(
+                d.next_attempt_at is not None
+                and (d.next_attempt_at - datetime.now(UTC)).total_seconds() > 80_000
+                for d in waiting
+            )
+            assert all("rate limit 5 per day" in (d.last_error or "") for d in waiting)
+            assert pipeline.resume_due() == []  # nothing due: nothing queued again
+        finally:
+            pipeline.close()
+            pipeline.store.close()
+    assert server.count() == 5

@@ -290,8 +290,14 @@ class WorkerContext:
             if summary.report.held:
                 pipeline.outbox.hold(edition_id, summary.report.held)
                 summary.notes.append(f"held: {summary.report.held}")
-        # Whatever of this job is still queued (a stop, a hold) waits in the outbox again.
-        summary.released += store.unqueue(token=token)
+        # Whatever of this job is still queued (a stop, a hold, a rate limit's long wait)
+        # waits in the outbox again: for the limit, until it lets more go.
+        report = summary.report
+        summary.released += store.unqueue(
+            token=token,
+            until=report.waiting_until,
+            why=f"held back: {report.waiting_why}" if report.waiting_until else None,
+        )
         summary.edition_state = self._settle_edition(edition_id)
         return summary
 

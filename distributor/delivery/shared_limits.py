@@ -23,6 +23,7 @@ that drift; keep them on NTP.
 
 from __future__ import annotations
 
+import bisect
 import struct
 from collections import deque
 
@@ -76,16 +77,21 @@ class SharedLimiter(Limiter):
             return self._paused(now)
         with self._lock:
             # A place is a moment: used late, it would bunch this message up with the places
-            # other workers hold right after it. One missed by more than LATE is given up
-            # (it stays counted: the channel only goes slower).
-            while self._places and self._places[0] < now - LATE:
-                self._places.popleft()
+            # other workers hold right after it (spread over a short window). One missed by
+            # more than LATE is given up (it stays counted: the channel only goes slower).
+            # Under long windows only (a minute and more) nobody holds a place that follows
+            # from it yet: it is used, and moved to when it is used.
+            if self._gap:
+                while self._places and self._places[0] < now - LATE:
+                    self._places.popleft()
             if not self._places and now >= self._blocked_until:
                 self._take(now)
             if self._places:
                 first = self._places[0]
                 if first <= now:
                     self._places.popleft()
+                    if now - first > LATE:
+                        self._move(first, now)
                     return 0.0, ""
                 return first - now, self._blocked_why or "rate limit"
             return max(self._blocked_until - now, 0.001), self._blocked_why
@@ -165,6 +171,24 @@ class SharedLimiter(Limiter):
             )
         self._places.extend(taken)
         self._blocked_until, self._blocked_why = 0.0, ""
+
+    def _move(self, place: float, now: float) -> None:
+        """The message of ``place`` goes at ``now``: count it then (the windows slide from
+        when a message went, and the platform counts arrivals)."""
+        with self.store.engine.begin() as conn:
+            query = select(channel_rates.c.sent).where(channel_rates.c.channel == self.channel)
+            if self.store.engine.dialect.name == "postgresql":
+                query = query.with_for_update()
+            sent = _unpack(conn.execute(query).scalar_one())
+            if place not in sent:  # pushed out of the longest window meanwhile
+                return
+            sent.remove(place)
+            bisect.insort(sent, now)
+            conn.execute(
+                update(channel_rates)
+                .where(channel_rates.c.channel == self.channel)
+                .values(sent=_pack(sent[-self._longest :]))
+            )
 
     def _after(
         self, sent: list[float], start: float, count: int, *, horizon: float | None

@@ -71,9 +71,11 @@ class QueueQueries(StoreBase):
         token: str | None = None,
         ids: Sequence[int] | None = None,
         why: str | None = None,
+        until: datetime | None = None,
     ) -> int:
         """Make queued rows pending again: those of batch ``token``, or of ``ids`` (any
-        batch). Returns how many."""
+        batch), due at once or not before ``until`` (a rate limit's long wait). Returns how
+        many."""
         where: list[Any] = [deliveries.c.status == DeliveryStatus.QUEUED.value]
         if token is not None:
             where.append(deliveries.c.claimed_by == QUEUE_PREFIX + token)
@@ -85,6 +87,7 @@ class QueueQueries(StoreBase):
             "status": DeliveryStatus.PENDING.value,
             "claimed_by": None,
             "updated_at": _now(),
+            "next_attempt_at": until,
         }
         if why is not None:
             values["last_error"] = why
