@@ -12,21 +12,13 @@ from distributor.pipeline import Pipeline
 
 
 @click.command()
-@click.option(
-    "--concurrency",
-    default=1,
-    show_default=True,
-    type=click.IntRange(1, 64),
-    help="Batches this process sends at once. Sending is CPU-bound: start one worker process "
-    "per core instead of raising this.",
-)
 @click.pass_obj
-def worker(state: State, concurrency: int) -> None:
+def worker(state: State) -> None:
     """Send the email batches that schedulers put on the queue, until SIGTERM or Ctrl-C.
 
-    Start as many as you like, on any machine that reaches the database: each batch goes to
-    one worker at a time, and a batch whose worker died is taken up by another
-    (docs/deploy.md).
+    One batch at a time: start as many workers as you like (two per core), on any machine that
+    reaches the database. Each batch goes to one worker at a time, and a batch whose worker
+    died is taken up by another (docs/deploy.md).
     """
     from distributor.delivery.queue import run_worker
 
@@ -47,7 +39,6 @@ def worker(state: State, concurrency: int) -> None:
             pipeline,
             settings,
             store.engine.url.render_as_string(hide_password=False),
-            concurrency=concurrency,
             echo=lambda line: click.echo(line),
         )
     finally:

@@ -196,12 +196,10 @@ class WorkerContext:
         pipeline: Pipeline,
         *,
         echo: Callable[[str], None] = print,
-        stalled_after: float = 30.0,
     ) -> None:
         self.pipeline = pipeline
         self.echo = echo
-        self.stalled_after = stalled_after
-        self.lock = threading.Lock()  # one batch at a time per pipeline
+        self.lock = threading.Lock()  # one batch at a time: a pipeline is not shared
         self._edition: int | None = None
 
     def deliver(
@@ -382,7 +380,6 @@ def run_worker(
     settings: DeliverySettings,
     database: str,
     *,
-    concurrency: int = 1,
     echo: Callable[[str], None] = print,
     heartbeat: float | None = None,
 ) -> int:
@@ -393,7 +390,7 @@ def run_worker(
     """
     global _context
     stalled_after = settings.stalled_after.total_seconds()
-    _context = WorkerContext(pipeline, echo=echo, stalled_after=stalled_after)
+    _context = WorkerContext(pipeline, echo=echo)
     app = make_app(database)
     beat = heartbeat if heartbeat is not None else max(1.0, min(10.0, stalled_after / 3))
 
@@ -403,7 +400,7 @@ def run_worker(
             worker = asyncio.create_task(
                 app.run_worker_async(
                     queues=[settings.queue],
-                    concurrency=concurrency,
+                    concurrency=1,  # a pipeline sends one batch at a time
                     install_signal_handlers=False,
                     update_heartbeat_interval=beat,
                     stalled_worker_timeout=stalled_after,
