@@ -242,14 +242,30 @@ def test_three_workers_deliver_20000_exactly_once(
     with smtp_server() as server:
         config = workers_project(tmp_path, sample_site, server, postgres_url, readers=audience)
         with workers(config, 3) as started:
-            out = run_scheduler(config)
-            assert f"{audience} email(s) queued" in out
-            wait_for(lambda: server.count() >= audience, timeout=240, what=f"{audience} messages")
-            wait_for(
-                lambda: "done" in ok(config, "editions", "--json"),
-                timeout=30,
-                what="the edition to be done",
+            # The scheduler as it runs in production: the daemon holding the scheduler lock,
+            # running the daily digest's latest edition at once (--now), then keeping house.
+            scheduler = subprocess.Popen(
+                command(config, "run", "--role", "scheduler", "--now"),
+                cwd=config.parent,
+                env=child_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
             )
+            try:
+                wait_for(
+                    lambda: server.count() >= audience, timeout=240, what=f"{audience} messages"
+                )
+                wait_for(
+                    lambda: '"done"' in ok(config, "editions", "--json"),
+                    timeout=30,
+                    what="the edition to be done",
+                )
+            finally:
+                scheduler.send_signal(signal.SIGTERM)
+                said, _ = scheduler.communicate(timeout=30)
+    assert f"email: {audience} email(s) queued for the delivery workers" in said, said
+    assert scheduler.returncode == 0, said
     per_recipient = server.per_recipient()
     assert len(per_recipient) == audience
     assert max(per_recipient.values()) == 1, "a reader got two messages"
