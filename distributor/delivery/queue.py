@@ -200,7 +200,6 @@ class WorkerContext:
         self.pipeline = pipeline
         self.echo = echo
         self.lock = threading.Lock()  # one batch at a time: a pipeline is not shared
-        self._edition: int | None = None
 
     def deliver(
         self, edition_id: int, channel: str, token: str, ids: Sequence[int], *, retried: bool
@@ -220,17 +219,9 @@ class WorkerContext:
             size=len(ids),
             report=TargetReport(channel=channel, kind="email"),
         )
-        if self._edition != edition_id:  # renders of another edition are not needed again
-            pipeline._digests.clear()
-            self._edition = edition_id
         row = store.edition(edition_id)
-        schedule = pipeline._schedule(row.schedule) if row is not None else None
-        target = (
-            next((t for t in schedule.deliver if t.channel == channel), None)
-            if schedule is not None
-            else None
-        )
-        if row is None or schedule is None or target is None:
+        schedule = pipeline.schedule_of(row.schedule) if row is not None else None
+        if row is None or schedule is None or all(t.channel != channel for t in schedule.deliver):
             why = "not sent: the schedule no longer delivers this edition to " + channel
             left = [r.id for r in store.batch_rows(ids) if r.status == "queued"]
             store.unqueue(ids=left)
@@ -256,15 +247,9 @@ class WorkerContext:
             summary.notes.append(f"channel held: {hold.describe}")
             return summary
         pending = {(r.recipient, sys.intern(r.message_key)): (r.id, r.failures) for r in rows}
-        if pending:
-            plan = pipeline._plan(
-                schedule,
-                pipeline._edition_from_row(row),
-                edition_id,
-                target,
-                wanted={(channel, r.recipient, r.message_key) for r in rows},
-                recipients=[r.recipient for r in rows],
-            )
+        planned = pipeline.batch_plan(row, channel, list(pending)) if pending else None
+        if planned is not None:
+            plan = planned[1]
             outbox = pipeline.outbox
             done = send_batch(
                 store,

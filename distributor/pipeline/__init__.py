@@ -52,7 +52,7 @@ class Pipeline(Core):
         for row in self.store.editions_due(datetime.now(UTC)):
             if self.stopping.is_set():
                 break
-            if (owner := self._schedule(row.schedule)) is not None:
+            if (owner := self.schedule_of(row.schedule)) is not None:
                 reports.append(self.resume(owner, row))
         return reports
 
@@ -86,7 +86,7 @@ class Pipeline(Core):
         for row in reversed(
             self.store.editions(schedule=schedule, states=["held"], dry_run=False, limit=None)
         ):
-            if (owner := self._schedule(row.schedule)) is not None:
+            if (owner := self.schedule_of(row.schedule)) is not None:
                 report.editions.append(self.resume(owner, row))
         return report
 
@@ -130,7 +130,7 @@ class Pipeline(Core):
         )
         for edition_id in sorted({d.edition_id for d in requeued}):
             row = self.store.edition(edition_id)
-            owner = self._schedule(row.schedule) if row else None
+            owner = self.schedule_of(row.schedule) if row else None
             if row is None or owner is None:
                 report.errors.append(f"edition {edition_id}: its schedule is no longer configured")
                 continue
@@ -152,7 +152,7 @@ class Pipeline(Core):
         recovery = Recovery(settled=settled.settled)
         states = ["held", "delivering", "selected"] if everything else ["delivering"]
         for row in reversed(self.store.editions(states=states, dry_run=False, limit=None)):
-            owner = self._schedule(row.schedule)
+            owner = self.schedule_of(row.schedule)
             if owner is None or (not everything and row.id not in settled.editions):
                 continue
             if row.state == "held" and self.outbox.gate(owner, row.id):
@@ -167,7 +167,7 @@ class Pipeline(Core):
         self, row: EditionRow, deliveries: Sequence[DeliveryRow]
     ) -> dict[tuple[str, str, str], Message]:
         """The messages of some deliveries of an edition, rendered again (as far as possible)."""
-        schedule = self._schedule(row.schedule)
+        schedule = self.schedule_of(row.schedule)
         if schedule is None:
             return {}
         wanted = {(d.channel, d.recipient, d.message_key) for d in deliveries}

@@ -63,6 +63,7 @@ class Core(Ingest, Composer):
         self.stopping = stopping or threading.Event()
         """Set (by SIGTERM, Ctrl-C) to stop sending at the next message; the rest waits."""
         self.outbox = Outbox(store, kind_of=self._kind, stopping=self.stopping)
+        self._batch_edition: int | None = None
         self._dispatcher: Dispatcher | None = None
         if config.settings.delivery.mode == "workers":
             # Email goes to delivery workers in jobs; posts are still sent here.
@@ -117,6 +118,38 @@ class Core(Ingest, Composer):
             views=views,
             exclude_ids=exclude or set(),
         )
+
+    def edition_of(self, row: EditionRow) -> Edition:
+        """The edition a stored row selected, its articles read back from the store."""
+        return self._edition_from_row(row)
+
+    def batch_plan(
+        self, row: EditionRow, channel: str, rows: Sequence[tuple[str, str]]
+    ) -> tuple[Schedule, Plan] | None:
+        """What a delivery worker needs to send some emails of edition ``row`` on ``channel``:
+        the schedule, and a plan that reads only the readers of ``rows`` ((recipient, message
+        key)) from the store. None when no schedule delivers the edition there any more.
+        Renders are kept while the batches are of one edition (a worker's next batch)."""
+        schedule = self.schedule_of(row.schedule)
+        target = (
+            next((t for t in schedule.deliver if t.channel == channel), None)
+            if schedule is not None
+            else None
+        )
+        if schedule is None or target is None:
+            return None
+        if self._batch_edition != row.id:  # another edition's renders are not needed again
+            self._digests.clear()
+            self._batch_edition = row.id
+        plan = self._plan(
+            schedule,
+            self._edition_from_row(row),
+            row.id,
+            target,
+            wanted={(channel, recipient, key) for recipient, key in rows},
+            recipients=[recipient for recipient, _ in rows],
+        )
+        return schedule, plan
 
     def _edition_from_row(self, row: EditionRow) -> Edition:
         sections = []
@@ -254,7 +287,8 @@ class Core(Ingest, Composer):
             return self.channel(channel).message_kind
         return "post"  # a channel no longer configured: never resent blindly
 
-    def _schedule(self, name: str) -> Schedule | None:
+    def schedule_of(self, name: str) -> Schedule | None:
+        """The configured schedule of that key (None: no longer configured)."""
         return next((s for s in self.config.schedules if s.key == name), None)
 
     def _report_existing(self, schedule: Schedule, row: EditionRow) -> RunReport:

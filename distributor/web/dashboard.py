@@ -229,7 +229,7 @@ class Dashboard:
                 return None
             schedule = _schedule_of(self.config, row.schedule)
             with self.operations.pipeline() as pipeline:
-                edition = pipeline._edition_from_row(row)
+                edition = pipeline.edition_of(row)
                 targets = pipeline.outbox.targets_of(row.id)
                 waiting = (
                     pipeline.outbox.approval_needed(schedule, row.id)
@@ -267,7 +267,7 @@ class Dashboard:
             if row is None or schedule is None:
                 return None
             with self.operations.pipeline() as pipeline:
-                found = _previews(pipeline, schedule, pipeline._edition_from_row(row))
+                found = _previews(pipeline, schedule, pipeline.edition_of(row))
             if not 0 <= n < len(found) or found[n]["kind"] != "email" or found[n]["error"]:
                 return None
             html: str = found[n]["html"]
