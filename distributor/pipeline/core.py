@@ -211,7 +211,11 @@ class Core(Ingest, Composer):
         if not created:
             if row.state in FINAL_STATES:
                 return self._report_existing(schedule, row)
-            # Left unfinished by a crash or a stop, or held: carry on with what was selected.
+            if row.state in ("delivering", "held"):
+                # Its outbox is written (another process is sending it, or it waits): send
+                # what it still owes, without reading the whole audience to write it again.
+                return self.resume(schedule, row)
+            # Left by a crash while its outbox was written: carry on with what was selected.
             edition = self._edition_from_row(row)
         report.edition_id = row.id
         report.sections = [(s.title, [a.title for a in s.articles]) for s in edition.sections]
