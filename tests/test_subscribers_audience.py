@@ -9,10 +9,12 @@ import email.policy
 from email.message import EmailMessage
 from pathlib import Path
 
+import pytest
 import yaml
 from click.testing import CliRunner, Result
 
 from distributor.cli import cli
+from distributor.pipeline import core
 from distributor.store import Store
 from sample.site import SampleSite
 from tests.conftest import copy_example
@@ -216,3 +218,31 @@ def test_an_unknown_frequency_in_a_schedule_is_a_configuration_error(tmp_path: P
     assert "daily-digest.yaml:22: deliver[0].audience.frequency: Input should be 'daily' or " in (
         result.output
     )
+
+
+@pytest.mark.parametrize("keys_kept", [10_000, 1])
+def test_a_held_digest_released_goes_out_narrowed_by_topics(
+    example: Path, sample_site: SampleSite, monkeypatch: pytest.MonkeyPatch, keys_kept: int
+) -> None:
+    # Resuming renders the variants its pending keys need; past WANTED_AT_MOST keys it renders
+    # every variant instead: the same digests go out either way.
+    monkeypatch.setattr(core, "WANTED_AT_MOST", keys_kept)
+    people = example.parent / "people.csv"
+    people.write_text(
+        f"{HEADER}\n"
+        "all@example.org,All,daily,,,\n"
+        "diabetes@example.org,Di,daily,diabetes,,\n"
+        "eyes@example.org,Ey,daily,eye health,,\n"
+    )
+    assert invoke(example, "subscribers", "import", str(people)).exit_code == 0
+    assert invoke(example, "hold", "daily-digest").exit_code == 0
+    run_daily(example)
+    assert daily_digests(example) == {}
+    released = invoke(example, "release", "daily-digest")
+    assert released.exit_code == 0, released.output
+    digests = daily_digests(example)
+    assert sorted(digests) == ["all@example.org", "diabetes@example.org", "eyes@example.org"]
+    everything = titles(digests["all@example.org"])
+    for narrow in ("diabetes@example.org", "eyes@example.org"):
+        mine = titles(digests[narrow])
+        assert mine and len(mine) < len(everything), (narrow, mine)

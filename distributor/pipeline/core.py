@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Callable, Collection, Container, Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -24,7 +25,6 @@ from distributor.exceptions import (
     TemplateError,
 )
 from distributor.models import (
-    DeliveryStatus,
     Edition,
     Message,
     Section,
@@ -41,6 +41,18 @@ from distributor.store import EditionRow, Store
 log = logging.getLogger(__name__)
 
 FINAL_STATES = frozenset({"done", "partial", "failed", "skipped", "missed"})
+WANTED_AT_MOST = 10_000
+"""Pending deliveries whose keys a resumed edition keeps to render only what they need."""
+
+
+class _Everything:
+    """A container of everything: every delivery is wanted (see :meth:`Core.resume`)."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+_EVERYTHING = _Everything()
 NOTHING_NEW = "nothing new since the last post"
 NOBODY_DUE = "no subscriber's local time is the schedule's time"
 
@@ -253,13 +265,22 @@ class Core(Ingest, Composer):
             sections=[(s.title, [a.title for a in s.articles]) for s in edition.sections],
             preview=_page_to_open(self.preview_folder(schedule.key, row.fire_time)),
         )
-        pending = self.store.deliveries_of(row.id, status=DeliveryStatus.PENDING.value)
-        if pending and (reason := self.outbox.gate(schedule, row.id)):
+        # The keys of what is pending, streamed (100,000 full rows took 150 MB), to render only
+        # the variants they need; past WANTED_AT_MOST, every variant (a few renders more, not
+        # a set of every reader): the messages go by the outbox's own keys either way.
+        channels: set[str] = set()
+        keys: set[tuple[str, str, str]] | None = set()
+        for d in self.store.pending_keys(row.id):
+            channels.add(d.channel)
+            if keys is not None:
+                keys.add((sys.intern(d.channel), d.recipient, sys.intern(d.message_key)))
+                if len(keys) > WANTED_AT_MOST:
+                    keys = None
+        wanted: Container[tuple[str, str, str]] = _EVERYTHING if keys is None else keys
+        if channels and (reason := self.outbox.gate(schedule, row.id)):
             return self._note_approval(
                 schedule, row, report.update(self.outbox.hold(row.id, reason))
             )
-        wanted = {(d.channel, d.recipient, d.message_key) for d in pending}
-        channels = {d.channel for d in pending}
         try:
             plans = [
                 self._plan(schedule, edition, row.id, target, wanted=wanted)
