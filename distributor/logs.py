@@ -5,7 +5,7 @@ one structlog formatter, those of the standard ``logging`` module too (what the 
 and the channels log), so a log collector reads one format::
 
     {"event": "delivery to a@example.org on email failed: 550 no such user",
-     "level": "warning", "logger": "distributor.delivery.outbox",
+     "level": "warning", "logger": "distributor.delivery.attempt",
      "timestamp": "2026-11-21T07:00:03.118Z", "edition_id": 12, "delivery_id": 340}
 
 The outbox binds ``edition_id``, ``delivery_id`` and ``channel`` around each send

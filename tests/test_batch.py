@@ -29,12 +29,12 @@ from distributor.delivery import Outbox
 from distributor.delivery.batch import Pace, claim_size, release_left_claims, send_batch
 from distributor.delivery.claims import claimant
 from distributor.delivery.limits import Limiter
-from distributor.delivery.outbox import Pending
+from distributor.delivery.pending import Pending
 from distributor.exceptions import TransientDeliveryError
 from distributor.models import DeliveryStatus, Message
 from distributor.reports import TargetReport
 from distributor.store import Store
-from distributor.store.deliveries import DeliveryOutcome
+from distributor.store.batch import DeliveryOutcome
 from distributor.store.tables import deliveries
 
 FIRE = datetime(2026, 11, 21, 0, 0, tzinfo=UTC)

@@ -1,5 +1,7 @@
-"""Sending editions: the outbox (:mod:`.outbox`), who holds what and what a crash left
-(:mod:`.claims`), and how fast and how often (:mod:`.limits`)."""
+"""Sending editions: the outbox (:mod:`.outbox`), email in batches (:mod:`.batch`) and
+posts one at a time (:mod:`.posts`), who holds what and what a crash left (:mod:`.claims`,
+:mod:`.recovery`), how fast and how often (:mod:`.limits`), and what an edition's deliveries
+say of it (:mod:`.states`)."""
 
 from distributor.delivery.claims import (
     SENDING_LEASE,
@@ -9,15 +11,9 @@ from distributor.delivery.claims import (
     reconciled,
 )
 from distributor.delivery.limits import Limiter, backoff
-from distributor.delivery.outbox import (
-    MAX_INLINE_WAIT,
-    WAITING_FOR_APPROVAL,
-    EditionSummary,
-    Outbox,
-    Plan,
-    Reconciliation,
-    edition_outcome,
-)
+from distributor.delivery.outbox import MAX_INLINE_WAIT, WAITING_FOR_APPROVAL, Outbox, Plan
+from distributor.delivery.recovery import Reconciliation
+from distributor.delivery.states import EditionSummary, edition_outcome
 
 __all__ = [
     "MAX_INLINE_WAIT",

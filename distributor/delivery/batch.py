@@ -43,7 +43,7 @@ from distributor.logs import delivery_context
 from distributor.models import DeliveryStatus, Message
 from distributor.reports import TargetReport
 from distributor.store import Store
-from distributor.store.deliveries import DeliveryOutcome
+from distributor.store.batch import DeliveryOutcome
 
 log = logging.getLogger(__name__)
 

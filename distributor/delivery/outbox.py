@@ -15,6 +15,12 @@ for a retry due within :data:`MAX_INLINE_WAIT`, another pass once it is due. Wha
 sends it when due (:meth:`distributor.pipeline.Pipeline.resume_due`). A stop request (SIGTERM,
 Ctrl-C) lets the message in hand finish and leaves the rest pending. Who holds a row in
 ``sending``, and what a crash left there, is :mod:`distributor.delivery.claims`.
+
+The outbox decides; the parts live beside it: email goes in batches
+(:mod:`distributor.delivery.batch`), posts and dry runs one at a time
+(:mod:`distributor.delivery.posts`), the pending rows are held compact
+(:mod:`distributor.delivery.pending`), crash settling is :mod:`distributor.delivery.recovery`,
+and an edition's state from its counts :mod:`distributor.delivery.states`.
 """
 
 from __future__ import annotations
@@ -24,16 +30,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
-from zoneinfo import ZoneInfo
 
-from distributor.channels.base import Channel, ChannelKind
+from distributor.channels.base import Channel
 from distributor.config import Schedule
-from distributor.delivery.attempt import attempt, count_failure, hold_channel
-from distributor.delivery.batch import Pace, release_left_claims, send_batch
-from distributor.delivery.claims import claimant, left_behind, reconciled
+from distributor.delivery.batch import Pace, send_batch
 from distributor.delivery.limits import (
     MAX_FAILURES,
     Limiter,
@@ -42,12 +44,12 @@ from distributor.delivery.limits import (
     shared_limiter,
     utc,
 )
-from distributor.exceptions import (
-    DistributorError,
-    TemplateError,
-)
-from distributor.logs import delivery_context
-from distributor.models import DeliveryResult, DeliveryStatus, Message
+from distributor.delivery.pending import Pending
+from distributor.delivery.posts import drop_orphans, send_one_by_one
+from distributor.delivery.recovery import Reconciliation, reconcile
+from distributor.delivery.states import EditionSummary, edition_outcome
+from distributor.exceptions import TemplateError
+from distributor.models import DeliveryStatus, Message
 from distributor.reports import Outcome, TargetReport
 from distributor.store import DeliveryRow, EditionRow, Store
 
@@ -63,115 +65,10 @@ WAITING_FOR_APPROVAL = "waiting for approval"
 STOPPED = "stopped before the end; what is left goes out when the bot runs again"
 
 
-class Pending(Mapping[tuple[str, str], tuple[int, int]]):
-    """The pending deliveries of one edition and channel: (recipient, message key) ->
-    (delivery id, passing failures so far), which is what :func:`send_batch` and
-    :meth:`Outbox.deliver` read of them.
-
-    Kept compact, one entry per reader: each message key (one for email: ``digest``) holds
-    a dict recipient -> delivery id, and the few rows that failed before are counted aside.
-    A dict of (recipient, key) -> (id, failures) tuples took 164 bytes a reader besides the
-    address and the id (16 MB for 100,000); this 38. The tuples are made when asked for.
-    """
-
-    __slots__ = ("_failures", "_ids", "_size")
-
-    def __init__(self) -> None:
-        self._ids: dict[str, dict[str, int]] = {}
-        """message key -> recipient -> delivery id."""
-        self._failures: dict[int, int] = {}
-        """delivery id -> passing failures so far, for those with any."""
-        self._size = 0
-
-    def add(self, recipient: str, message_key: str, delivery_id: int, failures: int) -> None:
-        """One pending delivery (a recipient and message key are pending once per channel:
-        ``uq_deliveries_once``)."""
-        recipients = self._ids.get(message_key)
-        if recipients is None:  # one string per message key, not one per row
-            recipients = self._ids[sys.intern(message_key)] = {}
-        if recipient not in recipients:
-            self._size += 1
-        recipients[recipient] = delivery_id
-        if failures:
-            self._failures[delivery_id] = failures
-        else:
-            self._failures.pop(delivery_id, None)
-
-    def __getitem__(self, key: tuple[str, str]) -> tuple[int, int]:
-        recipient, message_key = key
-        delivery_id = self._ids[message_key][recipient]
-        return delivery_id, self._failures.get(delivery_id, 0)
-
-    def get(self, key: tuple[str, str], default: Any = None) -> Any:
-        """The entry of ``key``, without an exception when there is none (asked once a
-        message)."""
-        recipients = self._ids.get(key[1])
-        delivery_id = recipients.get(key[0]) if recipients is not None else None
-        if delivery_id is None:
-            return default
-        return delivery_id, self._failures.get(delivery_id, 0)
-
-    def __contains__(self, key: object) -> bool:
-        if not isinstance(key, tuple) or len(key) != 2:
-            return False
-        recipients = self._ids.get(key[1])
-        return recipients is not None and key[0] in recipients
-
-    def __iter__(self) -> Iterator[tuple[str, str]]:
-        for message_key, recipients in self._ids.items():
-            for recipient in recipients:
-                yield recipient, message_key
-
-    def __len__(self) -> int:
-        return self._size
-
-    def ids(self) -> Iterator[int]:
-        """The delivery ids, without making an entry for each."""
-        for recipients in self._ids.values():
-            yield from recipients.values()
-
-
 def _progress(targets: Iterable[TargetReport]) -> int:
     """How many deliveries a send has settled or moved so far (to tell a pass that did
     nothing)."""
     return sum(t.sent + t.failed + t.retried + t.stale + t.dropped + t.waiting for t in targets)
-
-
-def _confirm(channel: Channel | None, message: Message) -> DeliveryResult | None:
-    if channel is None:
-        return None
-    try:
-        return channel.confirm(message)
-    except DistributorError as exc:
-        log.warning("cannot check %s on %s: %s", message.recipient, channel.name, exc)
-        return None
-
-
-IN_HAND = (
-    DeliveryStatus.PENDING,
-    DeliveryStatus.QUEUED,
-    DeliveryStatus.CLAIMED,
-    DeliveryStatus.SENDING,
-)
-"""Statuses of a delivery that is not settled yet."""
-
-
-def edition_outcome(counts: Mapping[str, int]) -> tuple[str, str | None] | None:
-    """The final state of an edition from how many of its deliveries are in each status.
-
-    None while some are still pending or being sent.
-    """
-    if any(counts.get(s, 0) for s in IN_HAND):
-        return None
-    sent = counts.get(DeliveryStatus.SENT, 0) + counts.get(DeliveryStatus.DRY_RUN, 0)
-    failed = counts.get(DeliveryStatus.FAILED, 0)
-    unknown = counts.get(DeliveryStatus.UNKNOWN, 0)
-    if not failed and not unknown:
-        return "done", None
-    parts = [f"{failed} failed"] if failed else []
-    if unknown:
-        parts.append(f"{unknown} with an unknown outcome")
-    return ("partial" if sent else "failed"), ", ".join(parts)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -183,57 +80,6 @@ class Plan:
     """The messages of the given (recipient, message key) pairs."""
     stale: Callable[[Message], str | None] | None = None
     """Why a message must not go out any more (a post older than the schedule's max_age)."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class EditionSummary:
-    """An edition with how many of its deliveries are in each status."""
-
-    row: EditionRow
-    timezone: str
-    counts: Mapping[str, int]
-
-    def count(self, status: DeliveryStatus) -> int:
-        return self.counts.get(status.value, 0)
-
-    @property
-    def fire_time(self) -> datetime:
-        """The nominal fire time in the schedule's own timezone."""
-        return self.row.fire_time.astimezone(ZoneInfo(self.timezone))
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "id": self.row.id,
-            "schedule": self.row.schedule,
-            "fire_time": self.fire_time.isoformat(),
-            "state": self.row.state,
-            "reason": self.row.reason,
-            "approved_at": self.row.approved_at.isoformat() if self.row.approved_at else None,
-            **{status.value: self.count(status) for status in _SHOWN},
-        }
-
-
-_SHOWN = (
-    DeliveryStatus.SENT,
-    DeliveryStatus.FAILED,
-    DeliveryStatus.PENDING,
-    DeliveryStatus.SENDING,
-    DeliveryStatus.UNKNOWN,
-    DeliveryStatus.SKIPPED,
-)
-
-
-@dataclass(kw_only=True)
-class Reconciliation:
-    """What became of the deliveries a crash left in ``sending``."""
-
-    settled: dict[str, dict[str, int]] = field(default_factory=dict)
-    """channel -> new status -> how many."""
-    editions: set[int] = field(default_factory=set)
-
-    def add(self, channel: str, status: DeliveryStatus) -> None:
-        counts = self.settled.setdefault(channel, {})
-        counts[status.value] = counts.get(status.value, 0) + 1
 
 
 class Outbox:
@@ -533,54 +379,20 @@ class Outbox:
         channel_of: Callable[[str], Channel | None],
         edition_ref: Callable[[EditionRow], str],
     ) -> Reconciliation:
-        """Settle every delivery a dead process left in ``sending`` (see :func:`reconciled`),
-        and give back what it left ``claimed``.
+        """Settle every delivery a dead process left in ``sending``, and give back what it left
+        ``claimed`` (:func:`distributor.delivery.recovery.reconcile` says how).
 
         ``messages_of`` renders the messages of some deliveries again, as far as it can, for
         their channel to say whether they went out; ``channel_of`` is None for a channel no
         longer configured.
         """
-        result = Reconciliation()
-        # Claimed in a batch and never handed to a channel: pending again, nothing to check.
-        for edition_id, channels in release_left_claims(self.store).items():
-            result.editions.add(edition_id)
-            for name, count in channels.items():
-                pending = result.settled.setdefault(name, {})
-                pending["pending"] = pending.get("pending", 0) + count
-        left = [
-            d
-            for d in self.store.deliveries(status=DeliveryStatus.SENDING.value, limit=None)
-            if left_behind(d)
-        ]
-        for edition_id in sorted({d.edition_id for d in left}):
-            edition = self.store.edition(edition_id)
-            if edition is None:  # pragma: no cover - deleted meanwhile
-                continue
-            rows = [d for d in left if d.edition_id == edition_id]
-            messages = messages_of(edition, rows)
-            for d in rows:
-                message = messages.get((d.channel, d.recipient, d.message_key)) or Message(
-                    channel=d.channel,
-                    recipient=d.recipient,
-                    key=d.message_key,
-                    edition=edition_ref(edition),
-                    article_ids=d.article_ids,
-                )
-                confirmed = _confirm(channel_of(d.channel), message)
-                kind: ChannelKind = "email" if self.kind_of(d.channel) == "email" else "post"
-                status, error = reconciled(kind, confirmed)
-                if self.store.settle_delivery(
-                    d.id,
-                    status,
-                    claimed_by=d.claimed_by,
-                    remote_id=confirmed.remote_id if confirmed else None,
-                    remote_url=confirmed.url if confirmed else None,
-                    error=error,
-                ):
-                    result.add(d.channel, status)
-                    log.warning("after a crash: %s on %s is %s", d.recipient, d.channel, status)
-            result.editions.add(edition_id)
-        return result
+        return reconcile(
+            self.store,
+            kind_of=self.kind_of,
+            messages_of=messages_of,
+            channel_of=channel_of,
+            edition_ref=edition_ref,
+        )
 
     def deliver(
         self,
@@ -630,228 +442,18 @@ class Outbox:
                 report.pending = len(pending) - done.settled
             elif done.complete:
                 orphans = [entry[0] for entry in pending.values() if entry[0] not in done.seen]
-                self._drop_orphans(channel, orphans, report)
+                drop_orphans(self.store, channel, orphans, report)
             return report
-        seen: set[tuple[str, str]] = set()
-        complete = True
-        next_check = 0.0
-        for message in messages:
-            key = (message.recipient, message.key)
-            entry = pending.get(key)
-            if entry is None:  # sent already, or taken by another process
-                report.skipped += 1
-                continue
-            delivery_id = entry[0]
-            if self.stopping.is_set():
-                complete = False
-                break
-            if not dry_run and time.monotonic() >= next_check:
-                report.held = held()
-                if report.held:
-                    complete = False
-                    break
-                next_check = time.monotonic() + HOLD_CHECK_EVERY
-            seen.add(key)
-            if dry_run:
-                self.store.finish_delivery(delivery_id, DeliveryStatus.DRY_RUN)
-                report.sent += 1
-                continue
-            if stale is not None and (why := stale(message)):
-                self.store.skip_deliveries([delivery_id], why)
-                report.stale += 1
-                continue
-            if not self.store.start_delivery(
-                delivery_id, claimant=claimant(), now=utc(self.clock())
-            ):
-                report.skipped += 1  # another process took it
-                continue
-            # The place in the channel's limit is taken last, right before the send, so that
-            # no database write between the two can bunch sends up past the limit.
-            place = self._within_limits(channel, limiter, pending, seen, report, key, entry)
-            if place is None:
-                complete = False
-                break
-            with delivery_context(edition_id, delivery_id, channel.name):
-                go_on = self._attempt(entry, channel, message, report, limiter)
-            # Counted from when the platform had it, at the latest: a slow connection at the
-            # start of a window cannot let the next messages arrive bunched up.
-            limiter.settle(place, self.clock())
-            if not go_on:
-                complete = False
-                break
-        if report.held:
-            report.pending = len(pending) - len(seen) + 1  # the one in hand was not sent
-            return report
-        if complete:
-            orphans = [entry[0] for key, entry in pending.items() if key not in seen]
-            if orphans:
-                reason = (
-                    "not sent: no longer in the audience (unsubscribed, or other topics)"
-                    if channel.message_kind == "email"
-                    else "not sent: no longer part of the edition (sent by another edition)"
-                )
-                self.store.skip_deliveries(orphans, reason)
-                report.dropped += len(orphans)
-        return report
-
-    def _drop_orphans(self, channel: Channel, orphans: list[int], report: TargetReport) -> None:
-        """Close the pending rows no message came for: nobody is left to send them to."""
-        if orphans:
-            reason = (
-                "not sent: no longer in the audience (unsubscribed, or other topics)"
-                if channel.message_kind == "email"
-                else "not sent: no longer part of the edition (sent by another edition)"
-            )
-            self.store.skip_deliveries(orphans, reason)
-            report.dropped += len(orphans)
-
-    def _within_limits(
-        self,
-        channel: Channel,
-        limiter: Limiter,
-        pending: Mapping[tuple[str, str], tuple[int, int]],
-        seen: set[tuple[str, str]],
-        report: TargetReport,
-        key: tuple[str, str],
-        taken: tuple[int, int],
-    ) -> float | None:
-        """Wait until the channel's limits let one more message go, and return the place taken
-        (a timestamp); None when the wait is too long for this run or a stop was asked: then the
-        message in hand (``taken``, claimed by this process) is given back, and it and the rest
-        of ``pending`` wait in the outbox."""
-        while True:
-            now = self.clock()
-            wait, why = limiter.reserve(now)
-            if wait <= 0:
-                return now
-            if wait > self.max_inline_wait:
-                until = utc(now + wait)
-                left = [entry[0] for k, entry in pending.items() if k not in seen]
-                when = until.strftime("%Y-%m-%d %H:%M:%S UTC")
-                self.store.release_delivery(
-                    taken[0], claimant=claimant(), until=until, why=f"held back: {why}"
-                )
-                if channel.message_kind == "post" and channel.rate_limit.per_day is not None:
-                    # A daily cap (X's 17 posts): each post waits for its own place in the
-                    # rolling window, so they go out as places free, not all at once.
-                    # In the order they were queued (the edition's order), after the one in hand.
-                    places = limiter.free_places(now, len(left) + 1)[1:]
-                    for delivery_id, place in zip(sorted(left), places, strict=True):
-                        self.store.postpone_deliveries(
-                            [delivery_id], until=utc(place), why=f"held back: {why}"
-                        )
-                else:
-                    self.store.postpone_deliveries(left, until=until, why=f"held back: {why}")
-                report.waiting += len(left) + 1
-                report.waiting_until = until
-                report.waiting_why = why
-                log.info("%s: %s; %d waiting until %s", channel.name, why, len(left) + 1, when)
-                return None
-            if self.stopping.wait(wait):
-                self.store.release_delivery(taken[0], claimant=claimant(), until=None)
-                return None
-
-    def _attempt(
-        self,
-        entry: tuple[int, int],
-        channel: Channel,
-        message: Message,
-        report: TargetReport,
-        limiter: Limiter,
-    ) -> bool:
-        """Send one message and record what came of it; False when nothing more may go to
-        this channel in this run (the platform refused its credentials or its settings)."""
-        delivery_id, failures = entry
-        me = claimant()
-        verdict = attempt(
+        return send_one_by_one(
+            self,
+            edition_id,
             channel,
-            message,
-            failures,
-            limiter,
-            clock=self.clock,
-            max_failures=self.max_failures,
-            backoff=self.backoff,
+            messages,
+            pending=pending,
+            dry_run=dry_run,
+            held=held,
             report=report,
+            stale=stale,
+            limiter=limiter,
+            hold_every=HOLD_CHECK_EVERY,
         )
-        if verdict.kind == "maybe_sent":
-            self._maybe_sent(delivery_id, channel, message, verdict.error, report, me)
-        elif verdict.kind == "retry":
-            self.store.defer_delivery(
-                delivery_id,
-                claimant=me,
-                until=utc(self.clock() + verdict.delay),
-                error=verdict.error,
-            )
-        elif verdict.kind == "refused":
-            assert verdict.refusal is not None
-            self.store.release_delivery(
-                delivery_id,
-                claimant=me,
-                until=None,
-                why=f"not sent: {channel.name}: {verdict.refusal.reason}",
-            )
-            hold_channel(self.store, channel, verdict.refusal, report)
-            return False
-        elif verdict.kind == "failed":
-            self.store.finish_delivery(
-                delivery_id,
-                DeliveryStatus.FAILED,
-                error_class=verdict.error_class,
-                error=verdict.error,
-                claimant=me,
-            )
-            count_failure(report, message, verdict.error)
-        else:
-            assert verdict.result is not None
-            if not self.store.finish_delivery(
-                delivery_id,
-                DeliveryStatus.SENT,
-                remote_id=verdict.result.remote_id,
-                remote_url=verdict.result.url,
-                claimant=me,
-            ):
-                log.warning(
-                    "%s on %s was sent, but another process settled it meanwhile (its claim "
-                    "had lapsed); it may have gone out twice",
-                    message.recipient,
-                    channel.name,
-                )
-            report.sent += 1
-        return True
-
-    def _maybe_sent(
-        self,
-        delivery_id: int,
-        channel: Channel,
-        message: Message,
-        reason: str,
-        report: TargetReport,
-        me: str,
-    ) -> None:
-        """A post that may have gone out (the platform did not answer): asked of the platform
-        before anything else; found, it is sent; not known, it is ``unknown`` for an operator
-        (`distributor retry --unknown` sends it), never posted a second time by surprise."""
-        try:
-            found = channel.confirm(message)
-        except DistributorError as exc:
-            log.warning("%s: checking a post that may have gone out failed: %s", channel.name, exc)
-            found = None
-        if found is not None:
-            self.store.finish_delivery(
-                delivery_id,
-                DeliveryStatus.SENT,
-                remote_id=found.remote_id,
-                remote_url=found.url,
-                claimant=me,
-            )
-            report.sent += 1
-            return
-        why = (
-            f"outcome unknown: {reason}; {channel.name} cannot tell whether it was posted: "
-            "check the account, then `distributor retry --unknown`"
-        )
-        self.store.finish_delivery(
-            delivery_id, DeliveryStatus.UNKNOWN, error_class="transient", error=why, claimant=me
-        )
-        report.errors.append(f"{message.recipient}: {why}")
-        log.warning("%s on %s: %s", message.recipient, channel.name, why)

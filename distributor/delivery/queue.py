@@ -45,8 +45,8 @@ from sqlalchemy.engine import make_url
 from distributor.config import DeliverySettings
 from distributor.delivery.batch import send_batch
 from distributor.delivery.claims import claimant
-from distributor.delivery.outbox import edition_outcome
 from distributor.delivery.shared_limits import shared_limiter
+from distributor.delivery.states import edition_outcome
 from distributor.models import DeliveryStatus
 from distributor.reports import TargetReport
 from distributor.store import Store

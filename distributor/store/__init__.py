@@ -6,6 +6,7 @@ from a second process.
 """
 
 from distributor.store.audience import AudienceQueries
+from distributor.store.batch import BatchQueries
 from distributor.store.bounces import BounceQueries
 from distributor.store.content import ContentQueries
 from distributor.store.deliveries import DeliveryQueries
@@ -30,6 +31,7 @@ class Store(
     ContentQueries,
     EditionQueries,
     DeliveryQueries,
+    BatchQueries,
     QueueQueries,
     AudienceQueries,
     SubscriptionQueries,
