@@ -152,6 +152,11 @@ def test_many_wrong_passwords_lock_the_user_out_with_the_same_answer(web: Site) 
     assert _try(client, "editor", PASSWORD) == 401
     # Another user from another address is not.
     assert _try(other, "editor", PASSWORD) == 303
+    # A second web process on the same database (behind the same proxy) refuses them too.
+    with site(web.config.path) as second:
+        second.app.state.dashboard.throttle.clock = lambda: now[0]
+        elsewhere = TestClient(second.app, base_url=BASE, client=("192.0.2.50", 5000))
+        assert _try(elsewhere, "admin", PASSWORD) == 401
     now[0] += 15 * 60 + 1
     assert _try(client, "admin", PASSWORD) == 303
 

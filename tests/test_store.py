@@ -45,6 +45,7 @@ TABLES = {
     "article_aliases",
     "subscriber_events",
     "channel_rates",
+    "web_hits",
 }
 
 
@@ -110,7 +111,7 @@ def test_open_migrates_sqlite_automatically(tmp_path: Path) -> None:
     store = Store.open(f"sqlite:///{path}")
     try:
         assert path.exists()
-        assert migrate.current_revision(store.engine) == migrate.head_revision() == "0007"
+        assert migrate.current_revision(store.engine) == migrate.head_revision() == "0008"
         assert set(inspect(store.engine).get_table_names()) >= TABLES
         assert store.count_articles() == 0
     finally:

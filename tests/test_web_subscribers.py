@@ -35,7 +35,7 @@ from distributor.store import Store
 from distributor.store.tables import subscribers as subscribers_table
 from distributor.tokens import sign
 from distributor.web import create_app
-from distributor.web.subscribers import RateLimiter
+from distributor.web.ratelimit import RateLimiter
 from sample.site import SampleSite
 from tests.conftest import copy_example
 from tests.helpers_mail import DAILY_AT, email_project, free_port, ingest, ok
@@ -384,18 +384,34 @@ def test_confirmations_to_one_address_are_limited_and_the_answer_does_not_change
     assert len(site.mails_to("target@example.org")) == 3  # subscribe_per_address: 3
 
 
-def test_the_rate_limiter_slides_its_window() -> None:
-    now = [1000.0]
-    limiter = RateLimiter(2, 60.0, clock=lambda: now[0], max_keys=3)
-    assert limiter.hit("a") and limiter.hit("a")
-    assert not limiter.hit("a")
-    now[0] += 30
-    assert not limiter.hit("a")
-    now[0] += 31  # the first two hits are out of the window
-    assert limiter.hit("a")
-    for key in ("b", "c", "d", "e"):  # past max_keys the stale keys are forgotten
-        assert limiter.hit(key)
-    assert len(limiter._hits) <= 3
+def test_the_rate_limiter_slides_its_window(db_url: str) -> None:
+    store = Store.open(db_url, migrate_now=True)
+    try:
+        now = [1000.0]
+        limiter = RateLimiter(store, "test", 2, 60.0, clock=lambda: now[0])
+        assert limiter.hit("a") and limiter.hit("a")
+        assert not limiter.hit("a")
+        assert limiter.hit("b")  # another key has its own count
+        now[0] += 30
+        assert not limiter.hit("a")
+        now[0] += 31  # the first two hits are out of the window
+        assert limiter.hit("a")
+        # What left the window is deleted on the way: the table does not grow forever.
+        assert store.count_hits("test", "a", since=0) == 1
+        assert store.count_hits("test", "b", since=0) == 0
+    finally:
+        store.close()
+
+
+def test_two_web_processes_share_the_limits(tmp_path: Path) -> None:
+    """Behind a proxy, every web process counts the same sign-ups: the limit is the site's."""
+    config = project(tmp_path)
+    with open_site(config) as first, open_site(config) as second:
+        answers = [
+            (first if n % 2 else second).signup(f"reader{n}@example.org").status_code
+            for n in range(PER_IP + 2)
+        ]
+    assert answers == [200] * PER_IP + [429, 429]
 
 
 # --- signed links ------------------------------------------------------------------------------

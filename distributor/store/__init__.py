@@ -11,6 +11,7 @@ from distributor.store.bounces import BounceQueries
 from distributor.store.content import ContentQueries
 from distributor.store.deliveries import DeliveryQueries
 from distributor.store.editions import EditionQueries
+from distributor.store.hits import HitQueries
 from distributor.store.queue import QueueQueries
 from distributor.store.rows import ALL_SCHEDULES, CHANNEL_SCOPE, DeliveryRow, EditionRow, HoldRow
 from distributor.store.subscriptions import SubscriberEvent, SubscriptionQueries
@@ -37,5 +38,6 @@ class Store(
     SubscriptionQueries,
     BounceQueries,
     WebSubQueries,
+    HitQueries,
 ):
     """All reads and writes of the database go through here."""

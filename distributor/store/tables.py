@@ -269,3 +269,15 @@ channel_rates = Table(
     Column("pause_reason", Text),
 )
 """A channel's rate limit as delivery workers share it (see delivery/shared_limits.py)."""
+
+web_hits = Table(
+    "web_hits",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("bucket", String(40), nullable=False),  # subscribe-ip, login-failure, ...
+    Column("key", String(400), nullable=False),  # an address, an IP, a user
+    Column("at", Float, nullable=False),  # seconds since the epoch
+    Index("ix_web_hits_bucket_key_at", "bucket", "key", "at"),
+    Index("ix_web_hits_bucket_at", "bucket", "at"),
+)
+"""What the web app's rate limits and login throttle count, shared by every web process."""

@@ -20,9 +20,7 @@ import hashlib
 import hmac
 import logging
 import secrets
-import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -31,6 +29,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 from distributor import tokens
 from distributor.config import WebSettings
+from distributor.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -97,54 +96,45 @@ class Operators:
 
 
 class Throttle:
-    """Failed logins per user and per address; a key with too many is locked out a while."""
+    """Failed logins per user and per address; a key with too many is locked out a while.
+
+    Counted in the store (:mod:`distributor.store.hits`), so that every web process behind a
+    proxy locks out the same keys."""
+
+    FAILURES = "login-failure"
+    LOCKOUTS = "login-lockout"
 
     def __init__(
         self,
+        store: Store,
         *,
         max_failures: int = MAX_FAILURES,
         window: float = LOCKOUT,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        self.store = store
         self.max_failures = max_failures
         self.window = window
         self.clock = clock
-        self._failures: dict[str, deque[float]] = {}
-        self._locked_until: dict[str, float] = {}
-        self._lock = threading.Lock()
 
     def locked(self, *keys: str) -> bool:
-        now = self.clock()
-        with self._lock:
-            return any(self._locked_until.get(k, 0.0) > now for k in keys)
+        since = self.clock() - self.window
+        return any(self.store.count_hits(self.LOCKOUTS, k, since=since) for k in keys)
 
     def failed(self, *keys: str) -> None:
         now = self.clock()
-        with self._lock:
-            for key in keys:
-                seen = self._failures.setdefault(key, deque())
-                seen.append(now)
-                while seen and seen[0] <= now - self.window:
-                    seen.popleft()
-                if len(seen) >= self.max_failures:
-                    self._locked_until[key] = now + self.window
-                    seen.clear()
-                    log.warning("dashboard login: %s locked out for %d s", key, self.window)
-            self._forget(now)
+        for key in keys:
+            if not self.store.take_hit(
+                self.FAILURES, key, limit=self.max_failures - 1, window=self.window, now=now
+            ):
+                # The max_failures-th failure in the window: locked out for a window.
+                self.store.forget_hits(self.FAILURES, key)
+                self.store.add_hit(self.LOCKOUTS, key, now=now)
+                self.store.forget_hits(self.LOCKOUTS, before=now - self.window)
+                log.warning("dashboard login: %s locked out for %d s", key, self.window)
 
     def succeeded(self, user_key: str) -> None:
-        with self._lock:
-            self._failures.pop(user_key, None)
-
-    def _forget(self, now: float) -> None:
-        """Keep memory bounded: drop keys whose failures and lockouts are all over."""
-        if len(self._failures) + len(self._locked_until) < 10_000:
-            return
-        for key in [k for k, until in self._locked_until.items() if until <= now]:
-            del self._locked_until[key]
-        stale = now - self.window
-        for key in [k for k, seen in self._failures.items() if not seen or seen[-1] <= stale]:
-            del self._failures[key]
+        self.store.forget_hits(self.FAILURES, user_key)
 
 
 class Sessions:

@@ -71,7 +71,7 @@ class Dashboard:
         self.heartbeat = heartbeat
         self.operators = Operators(web, env)
         self.sessions = Sessions(key, self.operators, lifetime=web.session_lifetime.total_seconds())
-        self.throttle = Throttle()
+        self.throttle = Throttle(store)
         self.operations = Operations(config, store, env)
         self.secure = web.secure_cookies
 

@@ -30,9 +30,7 @@ import hashlib
 import hmac
 import logging
 import secrets
-import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -57,6 +55,7 @@ from distributor.subscribers import check_address
 from distributor.text import one_line
 from distributor.tokens import sign, verify
 from distributor.web.pages import page
+from distributor.web.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -65,51 +64,6 @@ MAX_NAME = 200
 MAX_TOPICS = 50
 TOPICS_CACHE_SECONDS = 600.0
 FORM_FIELD = "form_token"
-
-
-# --- rate limits -------------------------------------------------------------------------------
-
-
-class RateLimiter:
-    """At most ``limit`` hits per key in any ``window`` seconds (a sliding window, in memory:
-    per process, which is what a form behind one daemon needs)."""
-
-    def __init__(
-        self,
-        limit: int,
-        window: float,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        max_keys: int = 100_000,
-    ) -> None:
-        self.limit, self.window, self.clock, self.max_keys = limit, window, clock, max_keys
-        self._hits: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def hit(self, key: str) -> bool:
-        """Count a hit for ``key``; False (and not counted) when it is over the limit."""
-        now = self.clock()
-        with self._lock:
-            if len(self._hits) >= self.max_keys:
-                self._forget(now)
-            hits = self._hits.setdefault(key, deque())
-            while hits and now - hits[0] >= self.window:
-                hits.popleft()
-            if len(hits) >= self.limit:
-                return False
-            hits.append(now)
-            return True
-
-    def _forget(self, now: float) -> None:
-        """Drop the keys with no hit in the window; if that is not enough, the oldest half."""
-        for key in [
-            k for k, hits in self._hits.items() if not hits or now - hits[-1] >= self.window
-        ]:
-            del self._hits[key]
-        if len(self._hits) >= self.max_keys:
-            oldest = sorted(self._hits, key=lambda k: self._hits[k][-1])
-            for key in oldest[: len(oldest) // 2]:
-                del self._hits[key]
 
 
 # --- what the form offers and takes ------------------------------------------------------------
@@ -195,7 +149,7 @@ class SubscriberPages:
         composer: Composer,
         store: Store,
         *,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         config = composer.config
         web = config.settings.web
@@ -218,8 +172,10 @@ class SubscriberPages:
             ) from exc
         self.lists = offered_lists(composer)
         self.channel = confirmation_channel(composer)
-        self.per_ip = RateLimiter(web.subscribe_per_ip, 3600.0, clock=clock)
-        self.per_address = RateLimiter(web.subscribe_per_address, 3600.0, clock=clock)
+        self.per_ip = RateLimiter(store, "subscribe-ip", web.subscribe_per_ip, 3600.0, clock=clock)
+        self.per_address = RateLimiter(
+            store, "confirm-address", web.subscribe_per_address, 3600.0, clock=clock
+        )
         self._topics: tuple[float, list[str]] | None = None
 
     # --- helpers
@@ -582,7 +538,7 @@ def confirmation_channel(composer: Composer) -> Channel | None:
 
 
 def subscriber_routes(
-    composer: Composer, store: Store, *, clock: Callable[[], float] = time.monotonic
+    composer: Composer, store: Store, *, clock: Callable[[], float] = time.time
 ) -> list[Route]:
     """The subscriber pages' routes. Raises ConfigError when there is no key to sign links or
     ``web.confirmation_channel`` names a channel that does not send email."""
