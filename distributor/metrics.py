@@ -26,6 +26,7 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Met
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
+from distributor.config import DeliverySettings
 from distributor.store import Store
 from distributor.store.tables import deliveries, editions, source_state
 
@@ -70,8 +71,9 @@ def timed_send(channel: str) -> Iterator[None]:
 class StoreCollector(Collector):
     """Reads the store at scrape time (cheap grouped queries)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, delivery: DeliverySettings | None = None) -> None:
         self.store = store
+        self.delivery = delivery
 
     def describe(self) -> Iterable[Metric]:
         return []  # nothing is read from the store at registration
@@ -128,6 +130,20 @@ class StoreCollector(Collector):
         for name, error in sources:
             errors.add_metric([name], 1 if error else 0)
         yield errors
+        if self.delivery is not None and self.delivery.mode == "workers":
+            health = self.store.worker_health(
+                stalled_after=self.delivery.stalled_after.total_seconds()
+            )
+            yield GaugeMetricFamily(
+                "distributor_workers_alive",
+                "Delivery workers whose heartbeat is recent (delivery.stalled_after).",
+                value=health["alive"],
+            )
+            yield GaugeMetricFamily(
+                "distributor_queued_oldest_seconds",
+                "How long the oldest email queued for the delivery workers has waited.",
+                value=health["oldest_queued_seconds"],
+            )
 
 
 def _histogram(name: str, documentation: str, values: list[float]) -> HistogramMetricFamily:
@@ -140,10 +156,11 @@ def _histogram(name: str, documentation: str, values: list[float]) -> HistogramM
     return family
 
 
-def exposition(store: Store) -> bytes:
-    """The text Prometheus scrapes: this process's observations and the store's numbers."""
+def exposition(store: Store, delivery: DeliverySettings | None = None) -> bytes:
+    """The text Prometheus scrapes: this process's observations and the store's numbers (with
+    delivery workers, how many are alive)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(store))
+    registry.register(StoreCollector(store, delivery))
     return generate_latest(PROCESS) + generate_latest(registry)
 
 

@@ -23,6 +23,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from sqlalchemy import text
+from starlette.testclient import TestClient
 
 from bench.email_common import add_readers
 from distributor.channels.base import RateLimit
@@ -33,6 +34,7 @@ from distributor.delivery.shared_limits import SharedLimiter
 from distributor.exceptions import ConfigError
 from distributor.pipeline import Pipeline
 from distributor.store import Store
+from distributor.web import create_app, health
 from tests.conftest import SampleSite
 from tests.helpers_mail import (
     SECRET_KEY,
@@ -457,3 +459,43 @@ def test_a_daily_cap_leaves_the_rest_waiting_not_requeued(
             pipeline.close()
             pipeline.store.close()
     assert server.count() == 5
+
+
+# --- what an operator sees: /healthz and /metrics ---------------------------------------------
+
+
+def test_healthz_and_metrics_say_whether_workers_take_the_queue(
+    tmp_path: Path,
+    sample_site: SampleSite,
+    postgres_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(health, "WORKERS_MISSING_AFTER", 0.0)
+    with smtp_server() as server:
+        config = workers_project(tmp_path, sample_site, server, postgres_url, readers=30)
+        env = {"DISTRIBUTOR_SECRET_KEY": SECRET_KEY}
+        loaded = load_config(config, env)
+        store = Store.open(postgres_url)
+        try:
+            client = TestClient(create_app(loaded.settings, store))
+            run_scheduler(config)
+            time.sleep(0.1)
+            # Email waits and nobody takes it: said in /healthz (still 200: the app is fine).
+            answer = client.get("/healthz")
+            assert answer.status_code == 200
+            workers_now = answer.json()["workers"]
+            assert workers_now["state"] == "no worker", workers_now
+            assert workers_now["alive"] == 0 and workers_now["queued"] == 30
+            assert "distributor_workers_alive 0.0" in client.get("/metrics").text
+            with workers(config, 1):
+                wait_for(lambda: server.count() >= 30, timeout=60, what="the 30 messages")
+                answer = client.get("/healthz").json()["workers"]
+                assert answer == {
+                    "state": "ok",
+                    "alive": 1,
+                    "queued": 0,
+                    "oldest_queued_seconds": 0.0,
+                }
+                assert "distributor_workers_alive 1.0" in client.get("/metrics").text
+        finally:
+            store.close()

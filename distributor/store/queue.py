@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, or_, select, text, update
 
 from distributor.models import DeliveryStatus
 from distributor.store.base import StoreBase
@@ -125,3 +125,27 @@ class QueueQueries(StoreBase):
         ).where(deliveries.c.id.in_(list(ids)))
         with self.engine.connect() as conn:
             return list(conn.execute(query.order_by(deliveries.c.id)))
+
+    def worker_health(self, *, stalled_after: float) -> dict[str, Any]:
+        """For ``/healthz`` and ``/metrics``: delivery workers whose heartbeat is younger than
+        ``stalled_after`` seconds (Procrastinate's own table; PostgreSQL only), emails queued
+        for them, and how long the oldest has waited."""
+        with self.engine.connect() as conn:
+            alive = 0
+            if self.engine.dialect.name == "postgresql":
+                alive = int(
+                    conn.execute(
+                        text(
+                            "SELECT count(*) FROM procrastinate_workers "
+                            "WHERE last_heartbeat > now() - make_interval(secs => :secs)"
+                        ),
+                        {"secs": stalled_after},
+                    ).scalar_one()
+                )
+            queued, oldest = conn.execute(
+                select(func.count(), func.min(deliveries.c.updated_at)).where(
+                    deliveries.c.status == DeliveryStatus.QUEUED.value
+                )
+            ).one()
+        waited = (_now() - oldest).total_seconds() if oldest is not None else 0.0
+        return {"alive": alive, "queued": int(queued), "oldest_queued_seconds": round(waited, 1)}

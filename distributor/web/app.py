@@ -102,7 +102,7 @@ def create_app(
     """The web app. Without ``websub`` the WebSub callback answers 404; without ``pipeline``
     (what renders and sends confirmation emails) there are no subscriber pages."""
 
-    routes = [*health.routes(store, heartbeat), *static_routes()]
+    routes = [*health.routes(store, heartbeat, settings.delivery), *static_routes()]
     if websub is not None:
         routes += _websub_routes(websub)
     routes += bounce_routes(settings, store)  # POST /bounces/ses, when bounces.ses.enabled

@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from distributor import metrics
+from distributor.config import DeliverySettings
 from distributor.exceptions import StoreError
 from distributor.metrics import Heartbeat
 from distributor.store import Store
@@ -49,7 +50,26 @@ def scheduler_status(store: Store, heartbeat: Heartbeat | None) -> dict[str, Any
     return {"state": state, "last_heartbeat_seconds_ago": round(age, 1)}
 
 
-def routes(store: Store, heartbeat: Heartbeat | None) -> list[Route]:
+WORKERS_MISSING_AFTER = 120.0
+"""Seconds email may wait queued with no live worker before ``/healthz`` says so."""
+
+
+def workers_status(store: Store, delivery: DeliverySettings) -> dict[str, Any]:
+    """With delivery workers: how many are alive, what waits for them, and ``state``: ``ok``,
+    or ``no worker`` when email has waited :data:`WORKERS_MISSING_AFTER` with none alive (a
+    devops alert; the web app itself is fine, so it does not turn ``/healthz`` into a 503)."""
+    found = store.worker_health(stalled_after=delivery.stalled_after.total_seconds())
+    missing = (
+        found["queued"]
+        and not found["alive"]
+        and found["oldest_queued_seconds"] > WORKERS_MISSING_AFTER
+    )
+    return {"state": "no worker" if missing else "ok", **found}
+
+
+def routes(
+    store: Store, heartbeat: Heartbeat | None, delivery: DeliverySettings | None = None
+) -> list[Route]:
     async def healthz(request: Request) -> Response:
         headers = {"cache-control": "no-store"}
         try:
@@ -64,13 +84,15 @@ def routes(store: Store, heartbeat: Heartbeat | None) -> list[Route]:
             return JSONResponse(down, status_code=503, headers=headers)
         scheduler = await run_in_threadpool(scheduler_status, store, heartbeat)
         body: dict[str, Any] = {"database": "ok", "scheduler": scheduler}
+        if delivery is not None and delivery.mode == "workers":
+            body["workers"] = await run_in_threadpool(workers_status, store, delivery)
         body["checked_at"] = datetime.now(UTC).isoformat(timespec="seconds")
         status = 503 if scheduler["state"] == "stalled" else 200
         return JSONResponse(body, status_code=status, headers=headers)
 
     async def scrape(request: Request) -> Response:
         try:
-            text = await run_in_threadpool(metrics.exposition, store)
+            text = await run_in_threadpool(metrics.exposition, store, delivery)
         except (StoreError, SQLAlchemyError) as exc:
             log.warning("metrics: the database did not answer: %s", exc)
             return Response("# the database did not answer\n", status_code=503)
