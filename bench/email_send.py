@@ -85,6 +85,15 @@ finally:
 """
 
 
+def find_sink(given: str | None) -> str | None:
+    """The smtp-sink program: ``given``, else on PATH, else Debian's; None (and why, on
+    stderr) when there is none."""
+    sink = given or shutil.which("smtp-sink") or (SINK if Path(SINK).exists() else None)
+    if sink is None:
+        print(f"bench: cannot run: {NO_SINK}", file=sys.stderr)
+    return sink
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -219,9 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="where the results go as JSON (var/bench/email_send.json)",
     )
     args, _ = parser.parse_known_args(argv)  # BENCH_FLAGS meant for other benchmarks pass
-    sink = args.sink or shutil.which("smtp-sink") or (SINK if Path(SINK).exists() else None)
+    sink = find_sink(args.sink)
     if sink is None:
-        print(f"bench: cannot run: {NO_SINK}", file=sys.stderr)
         return 2
     load_before = os.getloadavg()[0]  # the machine is shared: what else ran shows here
     results = run(args.readers, args.processes, sink)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -42,7 +41,7 @@ from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
 from bench.email_common import DAILY_AT, ROOT, SCHEDULE, add_readers, environment, project
-from bench.email_send import CHILD, NO_SINK, SINK, free_port, sent_span, sink_count, start_sink
+from bench.email_send import CHILD, find_sink, free_port, sent_span, sink_count, start_sink
 from bench.harness import cpu_seconds
 from distributor.store import Store
 from distributor.store.tables import deliveries
@@ -207,9 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="where the results go as JSON (var/bench/workers.json)",
     )
     args, _ = parser.parse_known_args(argv)  # BENCH_FLAGS meant for other benchmarks pass
-    sink = args.sink or shutil.which("smtp-sink") or (SINK if Path(SINK).exists() else None)
+    sink = find_sink(args.sink)
     if sink is None:
-        print(f"bench: cannot run: {NO_SINK}", file=sys.stderr)
         return 2
     try:
         create_engine(POSTGRES).connect().close()

@@ -162,6 +162,18 @@ def jobs(database: str) -> dict[str, int]:
         store.close()
 
 
+@contextmanager
+def scheduler_pipeline(config: Path, database: str) -> Iterator[Pipeline]:
+    """The scheduler's pipeline in this process (what its housekeeping calls)."""
+    env = {"DISTRIBUTOR_SECRET_KEY": SECRET_KEY}
+    pipeline = Pipeline(load_config(config, env), Store.open(database), env=env)
+    try:
+        yield pipeline
+    finally:
+        pipeline.close()
+        pipeline.store.close()
+
+
 def run_scheduler(config: Path) -> str:
     """The scheduler's part, as `run-once` does it: compose, write the outbox, queue."""
     result = CliRunner().invoke(
@@ -217,17 +229,9 @@ def test_the_scheduler_queues_each_email_once(
         assert statuses(postgres_url) == {"queued": 1200}
         assert jobs(postgres_url) == {"todo": 3}  # 500 + 500 + 200
         # The scheduler looks again (housekeeping, a second run): nothing is queued twice.
-        pipeline = Pipeline(
-            load_config(config, {"DISTRIBUTOR_SECRET_KEY": SECRET_KEY}),
-            Store.open(postgres_url),
-            env={"DISTRIBUTOR_SECRET_KEY": SECRET_KEY},
-        )
-        try:
+        with scheduler_pipeline(config, postgres_url) as pipeline:
             assert pipeline.resume_due() == []
             assert pipeline.recover().editions == []
-        finally:
-            pipeline.close()
-            pipeline.store.close()
         again = run_scheduler(config)  # still delivering: the workers have not sent it
         assert "delivering" in again and "queued" not in again
         assert jobs(postgres_url) == {"todo": 3}
@@ -399,9 +403,7 @@ def test_a_passing_failure_is_queued_again_when_due_and_sent(
             )
             # The scheduler's housekeeping (every few seconds in `run`) finds them due after
             # their backoff and queues them again; the worker sends them.
-            env = {"DISTRIBUTOR_SECRET_KEY": SECRET_KEY}
-            pipeline = Pipeline(load_config(config, env), Store.open(postgres_url), env=env)
-            try:
+            with scheduler_pipeline(config, postgres_url) as pipeline:
                 queued: list[int] = []
 
                 def queued_again() -> bool:
@@ -410,9 +412,6 @@ def test_a_passing_failure_is_queued_again_when_due_and_sent(
                     return sum(queued) == 2
 
                 wait_for(queued_again, timeout=30, what="the retries to be queued")
-            finally:
-                pipeline.close()
-                pipeline.store.close()
             wait_for(lambda: server.count() >= 40, timeout=30, what="the retries to arrive")
             wait_for(
                 lambda: '"done"' in ok(config, "editions", "--json"),
@@ -443,9 +442,7 @@ def test_a_daily_cap_leaves_the_rest_waiting_not_requeued(
                 timeout=60,
                 what="5 sent under the cap, 7 waiting",
             )
-        env = {"DISTRIBUTOR_SECRET_KEY": SECRET_KEY}
-        pipeline = Pipeline(load_config(config, env), Store.open(postgres_url), env=env)
-        try:
+        with scheduler_pipeline(config, postgres_url) as pipeline:
             waiting = pipeline.store.deliveries(status="pending", limit=None)
             # They wait for the cap's window (a day), not for the scheduler's next look.
             assert all(
@@ -455,9 +452,6 @@ def test_a_daily_cap_leaves_the_rest_waiting_not_requeued(
             )
             assert all("rate limit 5 per day" in (d.last_error or "") for d in waiting)
             assert pipeline.resume_due() == []  # nothing due: nothing queued again
-        finally:
-            pipeline.close()
-            pipeline.store.close()
     assert server.count() == 5
 
 

@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import islice
+from typing import TypeVar
 
 from sqlalchemy import Connection
 
@@ -56,6 +57,8 @@ DURABLE_EVERY = 100
 """Messages between two commits that wait for the disk."""
 DURABLE_AFTER = 0.5
 """Seconds between two commits that wait for the disk, at most."""
+
+T = TypeVar("T")
 
 Key = tuple[str, str]
 """(recipient, message key)."""
@@ -213,7 +216,7 @@ def _send(
     recorder: _Recorder,
     claimed: list[int],
 ) -> None:
-    for chunk in _chunks(messages, size):
+    for chunk in chunks(messages, size):
         todo: list[tuple[Message, tuple[int, int]]] = []
         for message in chunk:
             key = (message.recipient, message.key)
@@ -293,9 +296,10 @@ def _send(
             break
 
 
-def _chunks(messages: Iterable[Message], size: int) -> Iterator[list[Message]]:
-    items = iter(messages)
-    while chunk := list(islice(items, size)):
+def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``items`` in lists of ``size`` (the last shorter), read lazily."""
+    found = iter(items)
+    while chunk := list(islice(found, size)):
         yield chunk
 
 

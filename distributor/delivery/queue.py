@@ -32,20 +32,18 @@ import logging
 import secrets
 import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import make_url
 
 from distributor.config import DeliverySettings
-from distributor.delivery.batch import send_batch
+from distributor.delivery.batch import chunks, send_batch
 from distributor.delivery.claims import claimant
-from distributor.delivery.shared_limits import shared_limiter
+from distributor.delivery.shared_limits import SharedLimiter
 from distributor.delivery.states import edition_outcome
 from distributor.models import DeliveryStatus
 from distributor.reports import TargetReport
@@ -101,11 +99,6 @@ def make_app(database: str) -> procrastinate.App:
     return app
 
 
-def _chunks(items: Iterator[int], size: int) -> Iterator[list[int]]:
-    while chunk := list(islice(items, size)):
-        yield chunk
-
-
 class Dispatcher:
     """The scheduler's side: put an edition's due emails on the queue (``Outbox.dispatch``)."""
 
@@ -124,7 +117,7 @@ class Dispatcher:
             self._open = True
         queued = 0
         now = datetime.now(UTC)
-        for chunk in _chunks(
+        for chunk in chunks(
             self.store.due_email_ids(edition_id, channel, now=now), self.settings.batch_size
         ):
             token = secrets.token_hex(8)
@@ -162,7 +155,6 @@ class BatchSummary:
     edition_id: int
     channel: str
     token: str
-    size: int
     report: TargetReport
     released: int = 0
     edition_state: str | None = None
@@ -199,24 +191,18 @@ class WorkerContext:
     ) -> None:
         self.pipeline = pipeline
         self.echo = echo
-        self.lock = threading.Lock()  # one batch at a time: a pipeline is not shared
 
     def deliver(
         self, edition_id: int, channel: str, token: str, ids: Sequence[int], *, retried: bool
     ) -> BatchSummary:
-        with self.lock:
-            return self._deliver(edition_id, channel, token, list(ids), retried=retried)
-
-    def _deliver(
-        self, edition_id: int, channel: str, token: str, ids: list[int], *, retried: bool
-    ) -> BatchSummary:
+        """Send one batch (the worker runs one job at a time: its pipeline is not shared)."""
+        ids = list(ids)
         pipeline = self.pipeline
         store = pipeline.store
         summary = BatchSummary(
             edition_id=edition_id,
             channel=channel,
             token=token,
-            size=len(ids),
             report=TargetReport(channel=channel, kind="email"),
         )
         row = store.edition(edition_id)
@@ -257,7 +243,7 @@ class WorkerContext:
                 plan.channel,
                 plan.messages(pending),
                 pending=pending,
-                limiter=shared_limiter(store, channel, plan.channel.rate_limit),
+                limiter=SharedLimiter(store, channel, plan.channel.rate_limit),
                 pace=outbox.pace(),
                 report=summary.report,
                 held=lambda: outbox.gate(schedule, edition_id),

@@ -218,10 +218,4 @@ class SharedLimiter(Limiter):
         return "rate limit"
 
 
-def shared_limiter(store: Store, channel: str, limit: RateLimit) -> SharedLimiter:
-    """The limiter a delivery worker sends ``channel`` under (one per batch is fine: the
-    state is in the store)."""
-    return SharedLimiter(store, channel, limit)
-
-
-__all__ = ["HORIZON", "MOST_AT_ONCE", "SharedLimiter", "shared_limiter"]
+__all__ = ["HORIZON", "MOST_AT_ONCE", "SharedLimiter"]
